@@ -1,0 +1,26 @@
+# Two commands: `make demo` (set up and run the demo) and `make test` (set up and run every test).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test lint bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: setup
+	$(PY) demo/run.py
+
+test: setup
+	VENV=$(VENV) bash scripts/test.sh $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check orchestrator tests bench demo
+
+bench: setup
+	$(PY) -m bench $(ARGS)

@@ -1,0 +1,107 @@
+"""The one place where orchestrator reads its settings.
+
+Everything lives in one dict, ``settings.ORCHESTRATOR``. Values are read on every
+access (never cached at import), so ``override_settings`` works in tests.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # Module prefixes whose callables may be named by a TaskDefinition.
+    "ALLOWED_TASK_MODULES": (),
+    # Run a full beat_sync when `celery beat` starts.
+    "STARTUP_TASK_SYNC": True,
+    # Absolute URL of the site, used to build links in alerts ("https://ops.example.com").
+    "BASE_URL": "",
+    # Slack bot token for chat.postMessage channels; falls back to $ORCHESTRATOR_SLACK_BOT_TOKEN.
+    "SLACK_BOT_TOKEN": "",
+    # Slack Web API base URL (tests and Slack-compatible servers override it).
+    "SLACK_API_URL": "https://slack.com/api/",
+    # Celery queue that notification deliveries go through; None means Celery's default queue.
+    "NOTIFICATION_QUEUE": None,
+    # Sender address of alert and report emails; None means settings.DEFAULT_FROM_EMAIL.
+    "EMAIL_FROM": None,
+    # How many characters of an error message, result or traceback are stored and shown.
+    "MAX_ERROR_CHARS": 2000,
+    "MAX_RESULT_CHARS": 10000,
+    "MAX_TRACEBACK_CHARS": 20000,
+    # Retries due later than this many seconds are stored in the database and sent when due,
+    # rather than waiting in the broker as an ETA message (Redis redelivers unacked messages after
+    # its visibility_timeout, RabbitMQ drops the channel after consumer_timeout).
+    "MAX_BROKER_COUNTDOWN": 1800,
+    # Broker transport used to translate priorities ("redis", "amqp", ...); None reads Celery's
+    # broker_url.
+    "BROKER_TRANSPORT": None,
+}
+
+
+class OrchestratorSettings:
+    """Typed, lazy view over ``settings.ORCHESTRATOR`` with defaults."""
+
+    def _get(self, name: str) -> Any:
+        user = getattr(settings, "ORCHESTRATOR", None) or {}
+        return user.get(name, DEFAULTS[name])
+
+    @property
+    def ALLOWED_TASK_MODULES(self) -> tuple[str, ...]:
+        value = self._get("ALLOWED_TASK_MODULES")
+        if isinstance(value, str):
+            value = (value,)
+        return tuple(value or ())
+
+    @property
+    def STARTUP_TASK_SYNC(self) -> bool:
+        user = getattr(settings, "ORCHESTRATOR", None) or {}
+        if "STARTUP_TASK_SYNC" in user:
+            return bool(user["STARTUP_TASK_SYNC"])
+        # The seed project's top-level setting is honoured too.
+        return bool(getattr(settings, "STARTUP_TASK_SYNC", DEFAULTS["STARTUP_TASK_SYNC"]))
+
+    @property
+    def BASE_URL(self) -> str:
+        return str(self._get("BASE_URL") or "").rstrip("/")
+
+    @property
+    def SLACK_BOT_TOKEN(self) -> str:
+        return str(self._get("SLACK_BOT_TOKEN") or os.environ.get("ORCHESTRATOR_SLACK_BOT_TOKEN", ""))
+
+    @property
+    def SLACK_API_URL(self) -> str:
+        url = str(self._get("SLACK_API_URL") or DEFAULTS["SLACK_API_URL"])
+        return url if url.endswith("/") else url + "/"
+
+    @property
+    def NOTIFICATION_QUEUE(self) -> str | None:
+        return self._get("NOTIFICATION_QUEUE") or None
+
+    @property
+    def EMAIL_FROM(self) -> str:
+        return str(self._get("EMAIL_FROM") or settings.DEFAULT_FROM_EMAIL)
+
+    @property
+    def MAX_ERROR_CHARS(self) -> int:
+        return int(self._get("MAX_ERROR_CHARS"))
+
+    @property
+    def MAX_RESULT_CHARS(self) -> int:
+        return int(self._get("MAX_RESULT_CHARS"))
+
+    @property
+    def MAX_TRACEBACK_CHARS(self) -> int:
+        return int(self._get("MAX_TRACEBACK_CHARS"))
+
+    @property
+    def MAX_BROKER_COUNTDOWN(self) -> int:
+        return int(self._get("MAX_BROKER_COUNTDOWN"))
+
+    @property
+    def BROKER_TRANSPORT(self) -> str | None:
+        return self._get("BROKER_TRANSPORT") or None
+
+
+conf = OrchestratorSettings()

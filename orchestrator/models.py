@@ -1,0 +1,404 @@
+"""Scheduled work as data: definitions, schedules with their policies, run history, alerts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from orchestrator import callables, cron
+from orchestrator.conf import conf
+from orchestrator.policies.retry import BackoffKind, RetryPolicy
+from orchestrator.validators import (
+    validate_cron,
+    validate_import_path_shape,
+    validate_kwargs_object,
+    validate_queue_name,
+    validate_timezone,
+)
+
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
+
+
+def default_timezone() -> str:
+    return str(settings.TIME_ZONE or "UTC")
+
+
+def default_channel_events() -> list[str]:
+    return [Event.FAILURE, Event.RECOVERY]
+
+
+class Event(models.TextChoices):
+    """What a notification is about."""
+
+    RETRY = "retry", "Retry scheduled"
+    FAILURE = "failure", "Final failure"
+    RECOVERY = "recovery", "Recovery"
+    REPORT = "report", "Failure report"
+
+
+class TaskDefinition(models.Model):
+    """A Python callable that scheduled tasks may run, named by its import path."""
+
+    name = models.CharField(
+        max_length=200, unique=True, help_text="A unique, human-readable name."
+    )
+    import_path = models.CharField(
+        "import path",
+        max_length=255,
+        validators=[validate_import_path_shape],
+        help_text="Dotted path of the function, such as 'billing.tasks.send_invoices'. "
+        "Its module must be in ORCHESTRATOR['ALLOWED_TASK_MODULES'].",
+    )
+    description = models.TextField(blank=True)
+    category = models.CharField(
+        max_length=100, blank=True, db_index=True, help_text="Free text used to group tasks."
+    )
+    enabled = models.BooleanField(
+        default=True,
+        help_text="Disabling a definition stops every scheduled task that uses it.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "task definition"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        super().clean()
+        if not self.import_path:
+            return
+        try:
+            callables.check_allowed(self.import_path, conf.ALLOWED_TASK_MODULES)
+        except callables.CallableError:
+            return  # already reported by the field's validator
+        try:
+            callables.resolve(self.import_path, conf.ALLOWED_TASK_MODULES)
+        except callables.CallableError as err:
+            raise ValidationError({"import_path": str(err)}) from None
+
+    def resolve(self) -> Any:
+        """The callable, re-checked against the allow-list (raises CallableError)."""
+        return callables.resolve(self.import_path, conf.ALLOWED_TASK_MODULES)
+
+
+class ScheduledTask(models.Model):
+    """A definition run on a cron schedule, with its arguments and its policies."""
+
+    class Backoff(models.TextChoices):
+        FIXED = BackoffKind.FIXED.value, "Fixed: the same delay every time"
+        LINEAR = BackoffKind.LINEAR.value, "Linear: delay × retry number"
+        EXPONENTIAL = BackoffKind.EXPONENTIAL.value, "Exponential: delay × 2^(retry − 1)"
+
+    name = models.CharField(max_length=200, unique=True)
+    task_definition = models.ForeignKey(
+        TaskDefinition,
+        on_delete=models.PROTECT,
+        related_name="scheduled_tasks",
+        verbose_name="task definition",
+    )
+    cron = models.CharField(
+        max_length=200,
+        validators=[validate_cron],
+        help_text="Five fields: minute hour day-of-month month day-of-week, "
+        "such as '*/15 * * * *' or '30 6 * * mon-fri'.",
+    )
+    timezone = models.CharField(
+        max_length=63,
+        default=default_timezone,
+        validators=[validate_timezone],
+        help_text="IANA time zone the cron expression is read in, such as 'Europe/Paris'.",
+    )
+    kwargs = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_kwargs_object],
+        help_text='A JSON object passed to the function as keyword arguments, such as {"days": 7}.',
+    )
+    enabled = models.BooleanField(default=True, help_text="A disabled task never runs.")
+    description = models.TextField(blank=True)
+
+    max_retries = models.PositiveSmallIntegerField(
+        "max retries",
+        default=3,
+        validators=[MaxValueValidator(100)],
+        help_text="Retries after the first attempt (0 = never retry).",
+    )
+    retry_backoff = models.CharField(
+        "backoff", max_length=20, choices=Backoff.choices, default=Backoff.EXPONENTIAL
+    )
+    retry_delay = models.PositiveIntegerField(
+        "retry delay", default=60, help_text="Seconds before the first retry."
+    )
+    retry_backoff_max = models.PositiveIntegerField(
+        "maximum delay", default=3600, help_text="No retry waits longer than this many seconds."
+    )
+    retry_jitter = models.BooleanField(
+        "jitter",
+        default=True,
+        help_text="Spread retries randomly between half the delay and the full delay.",
+    )
+    priority = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(9)],
+        help_text="0 (lowest) to 9 (most urgent); empty uses the broker's default.",
+    )
+    queue = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_queue_name],
+        help_text="Celery queue; blank uses the default queue.",
+    )
+    expires = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds after which a run that has not started is discarded.",
+    )
+    time_limit = models.PositiveIntegerField(
+        "time limit",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Seconds a run may take before the worker stops it; empty for no limit.",
+    )
+
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask",
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name="orchestrator_task",
+        help_text="Managed by beat_sync.",
+    )
+    notification_channels = models.ManyToManyField(
+        "NotificationChannel",
+        blank=True,
+        related_name="scheduled_tasks",
+        verbose_name="notification channels",
+        help_text="Where alerts go; none selected uses every enabled default channel.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "scheduled task"
+        permissions = [("run_scheduledtask", "Can run scheduled task")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        super().clean()
+        if not isinstance(self.kwargs, dict) or self.task_definition_id is None:
+            return
+        definition = self.task_definition
+        try:
+            func = definition.resolve()
+        except callables.CallableError:
+            return  # the definition's own validation reports it
+        try:
+            callables.check_kwargs(func, self.kwargs)
+        except callables.CallableError as err:
+            raise ValidationError({"kwargs": f"{err} (for {definition.import_path})"}) from None
+
+    @property
+    def is_runnable(self) -> bool:
+        return self.enabled and self.task_definition.enabled
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_retries=self.max_retries,
+            backoff=BackoffKind(self.retry_backoff),
+            delay=float(self.retry_delay),
+            backoff_max=float(self.retry_backoff_max),
+            jitter=self.retry_jitter,
+        )
+
+    def describe_schedule(self) -> str:
+        return cron.describe(self.cron)
+
+    def next_run_at(self, after: dt.datetime | None = None) -> dt.datetime | None:
+        if not self.is_runnable:
+            return None
+        try:
+            return cron.next_run(self.cron, self.timezone, after or timezone.now())
+        except (cron.CronError, ValueError, KeyError):
+            return None
+
+    def run_now(self, trigger: str = "manual") -> AsyncResult:
+        """Send a run of this task to the workers now, outside its schedule."""
+        from orchestrator.dispatcher import enqueue
+
+        return enqueue(self, trigger=trigger)
+
+
+class TaskRun(models.Model):
+    """One attempt of a scheduled task."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        RETRIED = "retried", "Failed, retry scheduled"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+        LOST = "lost", "Lost (worker died or time limit)"
+
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule", "Schedule"
+        MANUAL = "manual", "Manual"
+        API = "api", "API"
+
+    FINISHED_STATUSES = (Status.SUCCEEDED, Status.RETRIED, Status.FAILED, Status.SKIPPED)
+
+    scheduled_task = models.ForeignKey(
+        ScheduledTask, on_delete=models.CASCADE, related_name="runs"
+    )
+    attempt = models.PositiveSmallIntegerField(default=1, help_text="1 for the first attempt.")
+    max_attempts = models.PositiveSmallIntegerField(
+        default=1, help_text="Attempts the retry policy allowed when this one ran."
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, db_index=True)
+    trigger = models.CharField(max_length=20, choices=Trigger.choices, default=Trigger.SCHEDULE)
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration = models.DurationField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error_type = models.CharField(max_length=255, blank=True)
+    error_message = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    celery_task_id = models.CharField(max_length=255, blank=True, db_index=True)
+    worker = models.CharField(max_length=255, blank=True)
+    queue = models.CharField(max_length=200, blank=True)
+    priority = models.PositiveSmallIntegerField(null=True, blank=True)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    scheduled_for = models.DateTimeField(
+        null=True, blank=True, help_text="The schedule tick this run belongs to."
+    )
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        verbose_name = "task run"
+        indexes = [
+            models.Index(fields=["scheduled_task", "-started_at"], name="orch_run_task_started"),
+            models.Index(fields=["status", "-started_at"], name="orch_run_status_started"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scheduled_task_id} attempt {self.attempt}: {self.status}"
+
+
+class NotificationChannel(models.Model):
+    """A place alerts go to: a Slack channel or webhook, or a list of email addresses."""
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=50, choices=[("slack", "Slack"), ("email", "Email")])
+    target = models.CharField(
+        max_length=2000,
+        help_text="Slack: an incoming-webhook URL, or a channel name/ID (bot token from "
+        "settings). Email: addresses separated by commas.",
+    )
+    events = models.JSONField(
+        default=default_channel_events,
+        blank=True,
+        help_text="Events sent here: retry, failure, recovery, report.",
+    )
+    enabled = models.BooleanField(default=True)
+    is_default = models.BooleanField(
+        "default channel",
+        default=False,
+        help_text="Used by scheduled tasks that select no channel.",
+    )
+    cooldown = models.PositiveIntegerField(
+        default=900,
+        help_text="Seconds during which repeated alerts of the same event for the same task "
+        "are suppressed and counted.",
+    )
+    alert_after_failures = models.PositiveSmallIntegerField(
+        "alert after N failures",
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text="Send a failure alert only after this many final failures in a row.",
+    )
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "notification channel"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AlertState(models.Model):
+    """Per channel, task and event: when the last alert went out, and what was suppressed."""
+
+    channel = models.ForeignKey(
+        NotificationChannel, on_delete=models.CASCADE, related_name="alert_states"
+    )
+    scheduled_task = models.ForeignKey(
+        ScheduledTask, on_delete=models.CASCADE, related_name="alert_states"
+    )
+    event = models.CharField(max_length=20, choices=Event.choices)
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+    suppressed_count = models.PositiveIntegerField(default=0)
+    awaiting_recovery = models.BooleanField(
+        default=False, help_text="A final failure was alerted and no recovery sent since."
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "scheduled_task", "event"], name="orch_alert_state_unique"
+            )
+        ]
+
+
+class NotificationDelivery(models.Model):
+    """One alert for one channel: sent, failed, or suppressed by the alert policy."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        SUPPRESSED = "suppressed", "Suppressed"
+
+    channel = models.ForeignKey(
+        NotificationChannel, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    scheduled_task = models.ForeignKey(
+        ScheduledTask, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries"
+    )
+    task_run = models.ForeignKey(
+        TaskRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries"
+    )
+    event = models.CharField(max_length=20, choices=Event.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    suppressed_count = models.PositiveIntegerField(
+        default=0, help_text="Alerts suppressed since the previous one, reported in this one."
+    )
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "notification delivery"
+        verbose_name_plural = "notification deliveries"

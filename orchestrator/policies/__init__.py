@@ -1,0 +1,9 @@
+"""Pure policy code: retry/backoff, alert throttling and priority mapping.
+
+Nothing in this package imports Django or Celery, so every decision can be tested with plain
+values and exact tables.
+"""
+
+from orchestrator.policies.retry import BackoffKind, RetryDecision, RetryPolicy
+
+__all__ = ["BackoffKind", "RetryDecision", "RetryPolicy"]

@@ -1,0 +1,20 @@
+"""Failure hooks: Django signals sent by the dispatcher after the run's history row is written.
+
+Every signal is sent with ``sender=ScheduledTask`` and the keyword arguments ``run`` (the
+:class:`~orchestrator.models.TaskRun` just written) and ``scheduled_task``. Receivers are called
+with ``send_robust``: a receiver that raises is logged and never changes the task's outcome.
+
+* ``task_succeeded``: an attempt succeeded.
+* ``task_retrying``: an attempt failed and a retry is scheduled (``run.next_retry_at``).
+* ``task_failed``: final failure (retries exhausted, or the error is not retryable).
+* ``task_recovered``: the first success after a final failure (sent after ``task_succeeded``).
+* ``task_skipped``: a run was not called because its task or definition is disabled.
+"""
+
+from django.dispatch import Signal
+
+task_succeeded = Signal()
+task_retrying = Signal()
+task_failed = Signal()
+task_recovered = Signal()
+task_skipped = Signal()

@@ -1,0 +1,22 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS.mkdir(exist_ok=True)
+
+
+def services_required() -> bool:
+    """In CI the integration tests must run: an unreachable service fails them, never skips."""
+    return os.environ.get("ORCHESTRATOR_REQUIRE_SERVICES", "") not in ("", "0", "false")
+
+
+@pytest.fixture
+def scratch_dir(tmp_path: Path) -> Path:
+    """A folder that worker subprocesses can read and write too."""
+    path = ARTIFACTS / "scratch" / tmp_path.name
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,206 @@
+"""Real processes for integration tests: Celery workers and beat as subprocesses.
+
+The tests run against the broker in CELERY_BROKER_URL (Redis in CI) and the PostgreSQL database in
+DATABASE_URL. When either is missing the tests are skipped, unless ORCHESTRATOR_REQUIRE_SERVICES
+is set (as in CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from tests.conftest import ARTIFACTS, services_required
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _unavailable(reason: str) -> None:
+    if services_required():
+        pytest.fail(f"{reason} (ORCHESTRATOR_REQUIRE_SERVICES is set, so this fails, not skips)")
+    pytest.skip(reason)
+
+
+def _check_broker(url: str) -> None:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as err:
+        _unavailable(f"broker {url.split('@')[-1]} is unreachable: {err}")
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    url = settings.CELERY_BROKER_URL
+    if not url or url.startswith("memory"):
+        _unavailable("integration tests need CELERY_BROKER_URL (such as redis://127.0.0.1:6379/0)")
+    _check_broker(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def real_database(django_db_setup, django_db_blocker) -> str:
+    if connection.vendor != "postgresql":
+        _unavailable("integration tests need DATABASE_URL pointing at PostgreSQL")
+    with django_db_blocker.unblock():
+        connection.ensure_connection()
+    return connection.settings_dict["NAME"]
+
+
+def subprocess_env(db_name: str, broker: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "ORCHESTRATOR_DB_NAME": db_name,
+            "CELERY_BROKER_URL": broker,
+            "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class CeleryProcess:
+    """A worker or beat subprocess whose output goes to a log file under test-artifacts/."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115  (closed in stop())
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.celery_app", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"process exited early:\n{self.log()[-4000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"{text!r} not seen in {timeout}s:\n{self.log()[-4000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.process.wait(timeout=5)
+        self._log.close()
+
+
+def purge_queues(queues: list[str]) -> None:
+    from tests.celery_app import app
+
+    with app.connection_for_write() as conn:
+        for queue in queues:
+            with contextlib.suppress(Exception):
+                conn.default_channel.queue_purge(queue)
+
+
+@pytest.fixture
+def start_worker(
+    broker_url: str, real_database: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., CeleryProcess]]:
+    """Start a real Celery worker: ``start_worker(queues=["celery"], concurrency=1)``."""
+    started: list[CeleryProcess] = []
+
+    def start(
+        queues: list[str] | None = None, concurrency: int = 1, purge: bool = True, **env: str
+    ) -> CeleryProcess:
+        queues = queues or ["celery"]
+        if purge:
+            purge_queues(queues)
+        name = f"w{uuid.uuid4().hex[:8]}@%h"
+        log_path = ARTIFACTS / f"{request.node.name[:80]}-worker{len(started)}.log"
+        worker = CeleryProcess(
+            [
+                "worker",
+                "--loglevel=INFO",
+                f"--hostname={name}",
+                f"--queues={','.join(queues)}",
+                f"--concurrency={concurrency}",
+                "--pool=prefork",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            subprocess_env(real_database, broker_url, **env),
+            log_path,
+        )
+        started.append(worker)
+        worker.wait_for_log("ready.", timeout=60)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def start_beat(
+    broker_url: str, real_database: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., CeleryProcess]]:
+    """Start real ``celery beat`` with django-celery-beat's DatabaseScheduler."""
+    started: list[CeleryProcess] = []
+
+    def start(**env: str) -> CeleryProcess:
+        log_path = ARTIFACTS / f"{request.node.name[:80]}-beat{len(started)}.log"
+        beat = CeleryProcess(
+            [
+                "beat",
+                "--loglevel=DEBUG",
+                "--scheduler=django_celery_beat.schedulers:DatabaseScheduler",
+                "--max-interval=1",
+            ],
+            subprocess_env(real_database, broker_url, **env),
+            log_path,
+        )
+        started.append(beat)
+        beat.wait_for_log("beat: Starting", timeout=60)
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.2):
+    """Poll ``predicate`` until it returns something truthy; return that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s")
+        time.sleep(interval)

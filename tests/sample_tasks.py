@@ -1,0 +1,54 @@
+"""Functions that the tests' scheduled tasks run (this module is on the allow-list)."""
+
+from __future__ import annotations
+
+import os
+import time
+from os import system  # noqa: F401  (re-exported on purpose: the allow-list must refuse it)
+from pathlib import Path
+from typing import Any
+
+
+def noop() -> None:
+    return None
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def echo(**kwargs: Any) -> dict[str, Any]:
+    return kwargs
+
+
+def always_fails(message: str = "boom") -> None:
+    raise RuntimeError(message)
+
+
+def flaky(counter_file: str, failures: int = 2) -> str:
+    """Fail ``failures`` times (counted in ``counter_file``, shared between processes), then pass."""
+    path = Path(counter_file)
+    calls = int(path.read_text() or 0) + 1 if path.exists() else 1
+    path.write_text(str(calls))
+    if calls <= failures:
+        raise ConnectionError(f"flaky failure {calls} of {failures}")
+    return f"succeeded after {calls} calls"
+
+
+def record(log_file: str, label: str, seconds: float = 0.0) -> str:
+    """Append ``label`` to ``log_file`` (to observe execution order), then sleep."""
+    with open(log_file, "a") as handle:
+        handle.write(label + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    if seconds:
+        time.sleep(seconds)
+    return label
+
+
+def sleep(seconds: float = 1.0) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+not_callable = 42
