@@ -68,7 +68,8 @@ class OrchestratorSettings:
 
     @property
     def SLACK_BOT_TOKEN(self) -> str:
-        return str(self._get("SLACK_BOT_TOKEN") or os.environ.get("ORCHESTRATOR_SLACK_BOT_TOKEN", ""))
+        token = self._get("SLACK_BOT_TOKEN") or os.environ.get("ORCHESTRATOR_SLACK_BOT_TOKEN", "")
+        return str(token)
 
     @property
     def SLACK_API_URL(self) -> str:

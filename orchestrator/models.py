@@ -97,8 +97,8 @@ class ScheduledTask(models.Model):
 
     class Backoff(models.TextChoices):
         FIXED = BackoffKind.FIXED.value, "Fixed: the same delay every time"
-        LINEAR = BackoffKind.LINEAR.value, "Linear: delay × retry number"
-        EXPONENTIAL = BackoffKind.EXPONENTIAL.value, "Exponential: delay × 2^(retry − 1)"
+        LINEAR = BackoffKind.LINEAR.value, "Linear: delay x retry number"
+        EXPONENTIAL = BackoffKind.EXPONENTIAL.value, "Exponential: delay x 2^(retry - 1)"
 
     name = models.CharField(max_length=200, unique=True)
     task_definition = models.ForeignKey(
@@ -368,6 +368,9 @@ class AlertState(models.Model):
             )
         ]
 
+    def __str__(self) -> str:
+        return f"{self.channel_id}/{self.scheduled_task_id}/{self.event}"
+
 
 class NotificationDelivery(models.Model):
     """One alert for one channel: sent, failed, or suppressed by the alert policy."""
@@ -402,3 +405,6 @@ class NotificationDelivery(models.Model):
         ordering = ["-created_at", "-id"]
         verbose_name = "notification delivery"
         verbose_name_plural = "notification deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event} to {self.channel_id}: {self.status}"

@@ -26,7 +26,7 @@ def always_fails(message: str = "boom") -> None:
 
 
 def flaky(counter_file: str, failures: int = 2) -> str:
-    """Fail ``failures`` times (counted in ``counter_file``, shared between processes), then pass."""
+    """Fail ``failures`` times, counted in ``counter_file`` across processes, then pass."""
     path = Path(counter_file)
     calls = int(path.read_text() or 0) + 1 if path.exists() else 1
     path.write_text(str(calls))

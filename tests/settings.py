@@ -59,7 +59,7 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'test-artifacts' / 'tests.sqlite3'}"),
+        os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'test-artifacts' / 'db.sqlite3'}"),
         conn_max_age=0,
     )
 }
