@@ -1,2 +1,410 @@
+"""Keep django-celery-beat's PeriodicTask rows in step with the ScheduledTasks.
+
+This is the only module that imports django_celery_beat. Each ScheduledTask owns exactly one
+PeriodicTask, named ``orchestrator:<pk>``, that sends ``orchestrator.run_scheduled_task`` with the
+task's id. A sync first plans (pure comparison of what is with what should be), then applies the
+plan with bulk writes and bumps ``PeriodicTasks`` once, so that a re-sync with no change costs a
+constant number of queries and does not make beat reload its schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet, signals
+from django.utils import timezone
+from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
+
+from orchestrator import cron
+from orchestrator.conf import conf
+from orchestrator.models import ScheduledTask, TaskDefinition
+from orchestrator.routing import native_priority
+
+logger = logging.getLogger(__name__)
+
+DISPATCH_TASK_NAME = "orchestrator.run_scheduled_task"
+NAME_PREFIX = "orchestrator:"
+# Fields of PeriodicTask that beat_sync owns; anything else on the row is left alone.
+SYNCED_FIELDS = (
+    "name",
+    "task",
+    "args",
+    "kwargs",
+    "crontab_id",
+    "interval_id",
+    "solar_id",
+    "clocked_id",
+    "enabled",
+    "queue",
+    "exchange",
+    "routing_key",
+    "priority",
+    "expires",
+    "expire_seconds",
+    "one_off",
+    "headers",
+    "description",
+)
+# Concurrent syncs (two deploys, beat start and an admin action) take this lock in turn.
+_ADVISORY_LOCK_KEY = zlib.crc32(b"orchestrator.beat_sync")
+
+CrontabKey = tuple[str, str, str, str, str, str]
+
+
+@dataclass
+class SyncError:
+    scheduled_task_id: int
+    name: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.name} (#{self.scheduled_task_id}): {self.message}"
+
+
+@dataclass
+class SyncReport:
+    """What a sync did (or, with ``dry_run``, would do)."""
+
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    errors: list[SyncError] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.deleted)
+
+    def __str__(self) -> str:
+        text = (
+            f"created {self.created}, updated {self.updated}, deleted {self.deleted}, "
+            f"unchanged {self.unchanged}"
+        )
+        if self.errors:
+            text += f", {len(self.errors)} skipped with errors"
+        return text
+
+
+def periodic_task_name(scheduled_task_id: int) -> str:
+    return f"{NAME_PREFIX}{scheduled_task_id}"
+
+
+def _crontab_key(fields: cron.CronFields, timezone: str) -> CrontabKey:
+    return (
+        fields.minute,
+        fields.hour,
+        fields.day_of_month,
+        fields.month_of_year,
+        fields.day_of_week,
+        timezone,
+    )
+
+
+def _key_of_crontab(schedule: CrontabSchedule) -> CrontabKey:
+    return (
+        schedule.minute,
+        schedule.hour,
+        schedule.day_of_month,
+        schedule.month_of_year,
+        schedule.day_of_week,
+        str(schedule.timezone),
+    )
+
+
+def _desired_fields(task: ScheduledTask, transport_priority: int | None) -> dict[str, Any]:
+    """Everything but the crontab: the PeriodicTask values ``task`` calls for."""
+    definition = task.task_definition
+    return {
+        "name": periodic_task_name(task.pk),
+        "task": DISPATCH_TASK_NAME,
+        "args": json.dumps([task.pk]),
+        "kwargs": "{}",
+        "interval_id": None,
+        "solar_id": None,
+        "clocked_id": None,
+        "enabled": bool(task.enabled and definition.enabled),
+        "queue": task.queue or None,
+        "exchange": None,
+        "routing_key": None,
+        "priority": transport_priority,
+        "expires": None,
+        "expire_seconds": task.expires,
+        "one_off": False,
+        "headers": "{}",
+        "description": (
+            f"Managed by orchestrator for scheduled task {task.name!r} "
+            f"({definition.name}); edit the scheduled task, not this row."
+        ),
+    }
+
+
+@dataclass
+class _Plan:
+    creates: list[tuple[ScheduledTask, dict[str, Any], CrontabKey]] = field(default_factory=list)
+    updates: list[tuple[ScheduledTask, PeriodicTask, dict[str, Any], CrontabKey]] = field(
+        default_factory=list
+    )
+    deletes: list[PeriodicTask] = field(default_factory=list)
+    relinks: list[tuple[ScheduledTask, PeriodicTask]] = field(default_factory=list)
+    unchanged: int = 0
+    errors: list[SyncError] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+
+def _plan(
+    tasks: Iterable[ScheduledTask],
+    existing: dict[int, PeriodicTask],
+    orphans: list[PeriodicTask],
+    crontabs: dict[CrontabKey, CrontabSchedule],
+) -> _Plan:
+    plan = _Plan()
+    for task in tasks:
+        try:
+            fields = cron.validate(task.cron)
+            ZoneInfo(task.timezone)
+            desired = _desired_fields(task, native_priority(task.priority))
+        except Exception as err:  # one broken row never stops the others
+            plan.errors.append(SyncError(task.pk, task.name, f"{type(err).__name__}: {err}"))
+            plan.lines.append(f"skip   {task.name}: {err}")
+            continue
+        key = _crontab_key(fields, task.timezone)
+        current = existing.get(task.pk)
+        if current is None:
+            plan.creates.append((task, desired, key))
+            plan.lines.append(f"create {desired['name']} for {task.name} ({fields})")
+            continue
+        changes = {
+            name: value for name, value in desired.items() if getattr(current, name) != value
+        }
+        # Any crontab row with the right values will do, even a duplicate made by someone else.
+        if current.crontab is None or _key_of_crontab(current.crontab) != key:
+            changes["crontab_id"] = None  # filled in once the crontab exists
+        if changes:
+            plan.updates.append((task, current, changes, key))
+            what = ", ".join(sorted(changes))
+            plan.lines.append(f"update {current.name} for {task.name}: {what}")
+        else:
+            plan.unchanged += 1
+        if task.periodic_task_id != current.pk:
+            plan.relinks.append((task, current))
+    for orphan in orphans:
+        plan.deletes.append(orphan)
+        plan.lines.append(f"delete {orphan.name} (its scheduled task is gone)")
+    return plan
+
+
+def _lock() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK_KEY])
+    elif connection.vendor != "sqlite":  # SQLite serialises writers by itself
+        list(PeriodicTasks.objects.select_for_update().filter(ident=1))
+
+
+def _load_crontabs(keys: set[CrontabKey], everything: bool) -> dict[CrontabKey, CrontabSchedule]:
+    queryset = CrontabSchedule.objects.order_by("pk")
+    if not everything:
+        if not keys:
+            return {}
+        condition = Q()
+        for minute, hour, day_of_month, month_of_year, day_of_week, tz in keys:
+            condition |= Q(
+                minute=minute,
+                hour=hour,
+                day_of_month=day_of_month,
+                month_of_year=month_of_year,
+                day_of_week=day_of_week,
+                timezone=tz,
+            )
+        queryset = queryset.filter(condition)
+    found: dict[CrontabKey, CrontabSchedule] = {}
+    for schedule in queryset:
+        # CrontabSchedule has no unique constraint: several equal rows may exist; use the oldest.
+        found.setdefault(_key_of_crontab(schedule), schedule)
+    return found
+
+
+def _wanted_crontab_keys(tasks: Iterable[ScheduledTask]) -> set[CrontabKey]:
+    keys = set()
+    for task in tasks:
+        try:
+            keys.add(_crontab_key(cron.validate(task.cron), task.timezone))
+        except cron.CronError:
+            continue
+    return keys
+
+
+def beat_sync(
+    queryset: QuerySet[ScheduledTask] | None = None, *, dry_run: bool = False
+) -> SyncReport:
+    """Bring the PeriodicTasks in line with ``queryset`` (default: every ScheduledTask).
+
+    A full sync (no queryset) also deletes the PeriodicTasks orchestrator owns whose scheduled
+    task is gone; a partial one touches only the given tasks. Rows that cannot be synced (an
+    invalid cron edited straight in the database) are skipped and listed in ``errors``; the
+    others are synced all the same. With ``dry_run`` nothing is written and ``plan`` lists
+    what would be done.
+    """
+    full = queryset is None
+    tasks_qs = ScheduledTask.objects.all() if full else queryset
+    with transaction.atomic():
+        if not dry_run:
+            _lock()
+        tasks = list(tasks_qs.select_related("task_definition").order_by("pk"))
+        owned = PeriodicTask.objects.filter(
+            name__startswith=NAME_PREFIX, task=DISPATCH_TASK_NAME
+        ).select_related("crontab")
+        if not full:
+            owned = owned.filter(name__in=[periodic_task_name(t.pk) for t in tasks])
+        by_task: dict[int, PeriodicTask] = {}
+        orphans: list[PeriodicTask] = []
+        task_ids = {t.pk for t in tasks}
+        for periodic in owned:
+            suffix = periodic.name[len(NAME_PREFIX) :]
+            if suffix.isdigit() and int(suffix) in task_ids:
+                by_task[int(suffix)] = periodic
+            elif full:
+                orphans.append(periodic)
+        wanted = _wanted_crontab_keys(tasks)
+        crontabs = _load_crontabs(wanted, everything=full)
+        plan = _plan(tasks, by_task, orphans, crontabs)
+        report = SyncReport(
+            created=len(plan.creates),
+            updated=len(plan.updates),
+            deleted=len(plan.deletes),
+            unchanged=plan.unchanged,
+            errors=plan.errors,
+            plan=plan.lines,
+            dry_run=dry_run,
+        )
+        for error in plan.errors:
+            logger.warning("beat_sync skipped scheduled task %s", error)
+        if dry_run:
+            return report
+        if plan.creates or plan.updates or plan.deletes or plan.relinks:
+            _apply(plan, crontabs)
+    return report
+
+
+def _apply(plan: _Plan, crontabs: dict[CrontabKey, CrontabSchedule]) -> None:
+    missing = {key for _, _, key in plan.creates} | {key for *_, key in plan.updates}
+    missing -= set(crontabs)
+    if missing:
+        new = [
+            CrontabSchedule(
+                minute=m, hour=h, day_of_month=dom, month_of_year=moy, day_of_week=dow, timezone=tz
+            )
+            for (m, h, dom, moy, dow, tz) in sorted(missing)
+        ]
+        for schedule in CrontabSchedule.objects.bulk_create(new):
+            crontabs[_key_of_crontab(schedule)] = schedule
+
+    now = timezone.now()
+    old_crontab_ids: set[int] = set()
+    if plan.creates:
+        created = PeriodicTask.objects.bulk_create(
+            [
+                PeriodicTask(crontab_id=crontabs[key].pk, **desired)
+                for _, desired, key in plan.creates
+            ]
+        )
+        plan.relinks.extend(
+            (task, periodic) for (task, _, _), periodic in zip(plan.creates, created, strict=True)
+        )
+    if plan.updates:
+        changed_fields: set[str] = set()
+        rows = []
+        for _, periodic, changes, key in plan.updates:
+            if "crontab_id" in changes:
+                old_crontab_ids.add(periodic.crontab_id)
+                changes["crontab_id"] = crontabs[key].pk
+            # A changed schedule, or a re-enabled task, must not fire at once because of an old
+            # last_run_at (django-celery-beat computes "due" from it).
+            if "crontab_id" in changes or changes.get("enabled") is True:
+                changes["last_run_at"] = None
+            changes["date_changed"] = now  # auto_now is not applied by bulk_update
+            for name, value in changes.items():
+                setattr(periodic, name, value)
+            changed_fields.update(changes)
+            rows.append(periodic)
+        PeriodicTask.objects.bulk_update(rows, sorted(changed_fields))
+    if plan.relinks:
+        for task, periodic in plan.relinks:
+            task.periodic_task = periodic
+        ScheduledTask.objects.bulk_update([t for t, _ in plan.relinks], ["periodic_task"])
+    if plan.deletes:
+        old_crontab_ids.update(p.crontab_id for p in plan.deletes if p.crontab_id)
+        PeriodicTask.objects.filter(pk__in=[p.pk for p in plan.deletes]).delete()
+    _delete_orphan_crontabs(old_crontab_ids)
+    # Bulk writes bypass the signal django-celery-beat relies on: tell beat once.
+    PeriodicTasks.update_changed()
+
+
+def _delete_orphan_crontabs(crontab_ids: set[int]) -> None:
+    """Delete crontabs that our tasks left and nothing else uses (others' rows stay)."""
+    crontab_ids.discard(None)  # type: ignore[arg-type]
+    if crontab_ids:
+        CrontabSchedule.objects.filter(pk__in=crontab_ids, periodictask__isnull=True).delete()
+
+
+def remove(scheduled_task_id: int, periodic_task_id: int | None) -> None:
+    """Delete the PeriodicTask of a deleted ScheduledTask."""
+    owned = PeriodicTask.objects.filter(
+        Q(name=periodic_task_name(scheduled_task_id))
+        | Q(pk=periodic_task_id or 0, task=DISPATCH_TASK_NAME)
+    )
+    crontab_ids = set(owned.values_list("crontab_id", flat=True))
+    if owned.delete()[0]:
+        _delete_orphan_crontabs(crontab_ids)
+        PeriodicTasks.update_changed()
+
+
+# Signal receivers: every save or delete, from the admin, the API or a shell, syncs in the same
+# transaction. QuerySet.update() sends no signal: bulk paths call beat_sync(queryset) themselves.
+
+
+def _on_scheduled_task_saved(sender: type, instance: ScheduledTask, raw: bool, **kwargs: Any):
+    if raw:  # loaddata: fixtures may arrive before their definitions
+        return
+    beat_sync(ScheduledTask.objects.filter(pk=instance.pk))
+
+
+def _on_scheduled_task_deleted(sender: type, instance: ScheduledTask, **kwargs: Any) -> None:
+    remove(instance.pk, instance.periodic_task_id)
+
+
+def _on_definition_saved(sender: type, instance: TaskDefinition, raw: bool, **kwargs: Any):
+    if raw or kwargs.get("created"):
+        return
+    beat_sync(ScheduledTask.objects.filter(task_definition=instance))
+
+
+def _on_beat_init(sender: Any = None, **kwargs: Any) -> None:
+    if not conf.STARTUP_TASK_SYNC:
+        return
+    report = beat_sync()
+    logger.info("orchestrator: startup beat_sync: %s", report)
+
+
 def connect_signals() -> None:
-    pass
+    from celery.signals import beat_init
+
+    signals.post_save.connect(
+        _on_scheduled_task_saved, sender=ScheduledTask, dispatch_uid="orchestrator_sync_save"
+    )
+    signals.post_delete.connect(
+        _on_scheduled_task_deleted, sender=ScheduledTask, dispatch_uid="orchestrator_sync_delete"
+    )
+    signals.post_save.connect(
+        _on_definition_saved, sender=TaskDefinition, dispatch_uid="orchestrator_sync_definition"
+    )
+    beat_init.connect(_on_beat_init, dispatch_uid="orchestrator_startup_sync", weak=False)

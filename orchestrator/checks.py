@@ -1,0 +1,144 @@
+"""System checks for configuration mistakes. Ids are stable: never renumber them.
+
+* orchestrator.E001: django_celery_beat is not in INSTALLED_APPS.
+* orchestrator.E002: ORCHESTRATOR is not a dict, or has unknown keys.
+* orchestrator.W001: ALLOWED_TASK_MODULES is empty, so no task can be defined.
+* orchestrator.W002: priorities are set, but workers prefetch more than one message.
+* orchestrator.W003: priorities are set, but the dispatch task is not acknowledged late.
+* orchestrator.W004: priorities are set on RabbitMQ, but queues have no x-max-priority.
+* orchestrator.W005: priorities are set, but the broker transport has no priorities.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+from django.db import DatabaseError
+
+from orchestrator.conf import DEFAULTS, conf
+from orchestrator.policies.priority import HIGH_FIRST_TRANSPORTS, supports_priority
+from orchestrator.routing import broker_transport
+
+
+@register(Tags.compatibility)
+def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    if not apps.is_installed("django_celery_beat"):
+        return [
+            Error(
+                "orchestrator needs django-celery-beat, which is not installed.",
+                hint="Add 'django_celery_beat' to INSTALLED_APPS.",
+                id="orchestrator.E001",
+            )
+        ]
+    return []
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
+    user = getattr(settings, "ORCHESTRATOR", {})
+    if not isinstance(user, dict):
+        return [
+            Error(
+                "settings.ORCHESTRATOR must be a dict.",
+                hint="Set ORCHESTRATOR = {'ALLOWED_TASK_MODULES': ['myapp.jobs'], ...}.",
+                id="orchestrator.E002",
+            )
+        ]
+    problems: list[Error | Warning] = []
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        problems.append(
+            Error(
+                f"Unknown key(s) in settings.ORCHESTRATOR: {', '.join(unknown)}.",
+                hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+                id="orchestrator.E002",
+            )
+        )
+    if not conf.ALLOWED_TASK_MODULES:
+        problems.append(
+            Warning(
+                "ORCHESTRATOR['ALLOWED_TASK_MODULES'] is empty: no task definition can name a "
+                "callable.",
+                hint="List the module prefixes of your job functions, such as ['billing.jobs'].",
+                id="orchestrator.W001",
+            )
+        )
+    return problems
+
+
+def _celery_conf() -> Any:
+    from celery import current_app
+
+    return current_app.conf
+
+
+def _dispatch_task_acks_late() -> bool:
+    from celery import current_app
+
+    task = current_app.tasks.get("orchestrator.run_scheduled_task")
+    return bool(task.acks_late if task is not None else current_app.conf.task_acks_late)
+
+
+def _priorities_in_use() -> bool:
+    from orchestrator.models import ScheduledTask
+
+    try:
+        return ScheduledTask.objects.filter(priority__isnull=False).exists()
+    except DatabaseError:  # no table yet (before migrate) or no database at all
+        return False
+
+
+@register(Tags.compatibility, deploy=False)
+def check_priority_support(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[Warning]:
+    # Priorities only matter once a task uses one; the query runs only when the check framework
+    # is asked to look at databases (migrate, check --database), never at import time.
+    if not databases or not _priorities_in_use():
+        return []
+    celery_conf = _celery_conf()
+    transport = broker_transport()
+    problems = []
+    if not supports_priority(transport):
+        problems.append(
+            Warning(
+                f"Scheduled tasks have priorities, but the {transport!r} broker transport "
+                "ignores message priority.",
+                hint="Use Redis or RabbitMQ, or clear the priorities.",
+                id="orchestrator.W005",
+            )
+        )
+        return problems
+    if (celery_conf.worker_prefetch_multiplier or 0) != 1:
+        problems.append(
+            Warning(
+                "Scheduled tasks have priorities, but workers prefetch "
+                f"{celery_conf.worker_prefetch_multiplier} messages per process; prefetched "
+                "messages bypass priority.",
+                hint="Set CELERY_WORKER_PREFETCH_MULTIPLIER = 1.",
+                id="orchestrator.W002",
+            )
+        )
+    if not _dispatch_task_acks_late():
+        problems.append(
+            Warning(
+                "Scheduled tasks have priorities, but orchestrator.run_scheduled_task is not "
+                "acknowledged late (task annotations changed it), so workers reserve messages "
+                "ahead of priority.",
+                hint="Remove the acks_late override for orchestrator.run_scheduled_task.",
+                id="orchestrator.W003",
+            )
+        )
+    if transport in HIGH_FIRST_TRANSPORTS and not celery_conf.task_queue_max_priority:
+        problems.append(
+            Warning(
+                "Scheduled tasks have priorities, but RabbitMQ queues are declared without "
+                "x-max-priority, so RabbitMQ ignores them.",
+                hint="Set CELERY_TASK_QUEUE_MAX_PRIORITY = 10 (and re-create existing queues).",
+                id="orchestrator.W004",
+            )
+        )
+    return problems

@@ -207,8 +207,10 @@ class ScheduledTask(models.Model):
         definition = self.task_definition
         try:
             func = definition.resolve()
-        except callables.CallableError:
-            return  # the definition's own validation reports it
+        except callables.CallableError as err:
+            raise ValidationError(
+                {"task_definition": f"Definition {definition.name!r} cannot run: {err}"}
+            ) from None
         try:
             callables.check_kwargs(func, self.kwargs)
         except callables.CallableError as err:
