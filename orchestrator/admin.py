@@ -1,0 +1,683 @@
+"""Django admin for definitions, scheduled tasks and their run history.
+
+The admin is a thin edge: validation comes from the models' ``clean()`` and field validators,
+beat is kept in step by ``orchestrator.beat_sync`` (on save through the model signals, after bulk
+changes by calling ``beat_sync()`` here), and runs are sent by ``ScheduledTask.run_now()``.
+
+Keyword arguments may hold secrets, so they appear only on the change form (staff only), never in
+a list, a search or a filter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import logging
+import zoneinfo
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import transaction
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+from django.utils.timesince import timeuntil
+
+from orchestrator import beat_sync
+from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun
+
+logger = logging.getLogger(__name__)
+
+RECENT_RUNS = 10
+# Longer retry schedules are cut in the change form; the tail is summarised.
+SHOWN_RETRY_DELAYS = 10
+
+STATUS_COLOURS = {
+    TaskRun.Status.RUNNING: "#2271b1",
+    TaskRun.Status.SUCCEEDED: "#2e7d32",
+    TaskRun.Status.RETRIED: "#b26a00",
+    TaskRun.Status.FAILED: "#c62828",
+    TaskRun.Status.SKIPPED: "#6b6b6b",
+    TaskRun.Status.LOST: "#8e24aa",
+}
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration in seconds as short words: "45 s", "2 min", "1 h 30 min", "2 d 3 h"."""
+    total = round(seconds)
+    if total < 60:
+        return f"{seconds:g} s" if seconds != total else f"{total} s"
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [
+        f"{value} {unit}"
+        for value, unit in ((days, "d"), (hours, "h"), (minutes, "min"), (secs, "s"))
+        if value
+    ]
+    # Two units are enough to read a delay at a glance.
+    return " ".join(parts[:2])
+
+
+def status_badge(status: str | None) -> SafeString | str:
+    """A run status as a coloured label, or the admin's empty marker."""
+    if not status:
+        return "-"
+    try:
+        label = TaskRun.Status(status).label
+    except ValueError:
+        label = status
+    colour = STATUS_COLOURS.get(status, "inherit")
+    return format_html('<span style="color: {}; font-weight: bold;">{}</span>', colour, label)
+
+
+def admin_url(model: type[Any], view: str, *args: Any, query: str = "") -> str | None:
+    """The URL of an admin view, or None when that model is not in the admin."""
+    opts = model._meta
+    try:
+        url = reverse(f"admin:{opts.app_label}_{opts.model_name}_{view}", args=args)
+    except NoReverseMatch:
+        return None
+    return f"{url}?{query}" if query else url
+
+
+def run_history_url(task_pk: int) -> str | None:
+    return admin_url(TaskRun, "changelist", query=f"scheduled_task__id__exact={task_pk}")
+
+
+@lru_cache(maxsize=1)
+def _timezone_names() -> tuple[str, ...]:
+    return tuple(sorted(zoneinfo.available_timezones()))
+
+
+class TimezoneInput(forms.TextInput):
+    """A text input that suggests IANA time zone names (a <datalist>, no JavaScript)."""
+
+    datalist_id = "orchestrator-timezones"
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__({"class": "vTextField", **(attrs or {}), "list": self.datalist_id})
+
+    def render(
+        self, name: str, value: Any, attrs: dict[str, Any] | None = None, renderer: Any = None
+    ) -> SafeString:
+        options = format_html_join(
+            "", '<option value="{}">', ((zone,) for zone in _timezone_names())
+        )
+        datalist = format_html('<datalist id="{}">{}</datalist>', self.datalist_id, options)
+        return super().render(name, value, attrs, renderer) + datalist
+
+
+# --- Task definitions -------------------------------------------------------------------------
+
+
+@admin.register(TaskDefinition)
+class TaskDefinitionAdmin(admin.ModelAdmin):
+    list_display = ["name", "import_path", "category", "enabled", "scheduled_task_count"]
+    list_filter = ["category", "enabled"]
+    search_fields = ["name", "import_path", "category", "description"]
+    readonly_fields = ["created_at", "updated_at"]
+    fields = [
+        "name",
+        "import_path",
+        "category",
+        "description",
+        "enabled",
+        "created_at",
+        "updated_at",
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TaskDefinition]:
+        # distinct=True keeps the count right if another annotation ever joins a second relation.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(scheduled_task_total=Count("scheduled_tasks", distinct=True))
+        )
+
+    @admin.display(description="scheduled tasks", ordering="scheduled_task_total")
+    def scheduled_task_count(self, obj: TaskDefinition) -> SafeString | int:
+        total: int = getattr(obj, "scheduled_task_total", 0)
+        url = admin_url(ScheduledTask, "changelist", query=f"task_definition__id__exact={obj.pk}")
+        if not total or url is None:
+            return total
+        return format_html('<a href="{}">{}</a>', url, total)
+
+
+# --- Scheduled tasks --------------------------------------------------------------------------
+
+
+class RecentRunsFormSet(BaseInlineFormSet):
+    """The latest ``RECENT_RUNS`` runs of one task.
+
+    The inline formset filters its queryset by the parent task after the admin hands it over, and
+    a sliced queryset cannot be filtered, so the slice is taken here, once the task is known. The
+    primary keys are read in their own query rather than as a ``pk__in`` subquery with LIMIT,
+    which MySQL and MariaDB refuse.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            latest = list(
+                self.queryset.order_by("-started_at", "-id").values_list("pk", flat=True)[
+                    :RECENT_RUNS
+                ]
+            )
+            self.queryset = self.queryset.filter(pk__in=latest).order_by("-started_at", "-id")
+
+
+class RecentRunsInline(admin.TabularInline):
+    model = TaskRun
+    formset = RecentRunsFormSet
+    template = "admin/orchestrator/scheduledtask/recent_runs_inline.html"
+    verbose_name = "recent run"
+    verbose_name_plural = f"recent runs (latest {RECENT_RUNS})"
+    fields = [
+        "status_label",
+        "attempt_of",
+        "trigger",
+        "started_at",
+        "duration",
+        "error_type",
+        "worker",
+    ]
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="status")
+    def status_label(self, obj: TaskRun) -> SafeString | str:
+        return status_badge(obj.status)
+
+    @admin.display(description="attempt")
+    def attempt_of(self, obj: TaskRun) -> str:
+        return f"{obj.attempt}/{obj.max_attempts}"
+
+
+class LastRunStatusFilter(admin.SimpleListFilter):
+    """Filter on the status of each task's latest run (annotated by the admin's queryset)."""
+
+    title = "last run status"
+    parameter_name = "last_run_status"
+    NEVER = "never"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [*TaskRun.Status.choices, (self.NEVER, "Never run")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
+        value = self.value()
+        if value == self.NEVER:
+            return queryset.filter(last_run_status__isnull=True)
+        if value in TaskRun.Status.values:
+            return queryset.filter(last_run_status=value)
+        return None
+
+
+POLICY_FIELDS = [
+    "max_retries",
+    "retry_backoff",
+    "retry_delay",
+    "retry_backoff_max",
+    "retry_jitter",
+    "time_limit",
+    "priority",
+    "queue",
+    "expires",
+]
+LIST_EDITABLE = [
+    "enabled",
+    "max_retries",
+    "retry_backoff",
+    "retry_delay",
+    "retry_backoff_max",
+    "retry_jitter",
+    "priority",
+    "queue",
+]
+
+
+class ScheduledTaskChangeListForm(forms.ModelForm):
+    """The row form of the list: narrow widgets so the policy columns fit side by side."""
+
+    class Meta:
+        model = ScheduledTask
+        fields = LIST_EDITABLE
+        widgets = {"queue": forms.TextInput(attrs={"size": 10})}
+
+
+class ScheduledTaskForm(forms.ModelForm):
+    class Meta:
+        model = ScheduledTask
+        fields = [
+            "name",
+            "task_definition",
+            "cron",
+            "timezone",
+            "enabled",
+            "description",
+            "kwargs",
+            *POLICY_FIELDS,
+            "notification_channels",
+        ]
+        widgets = {
+            "timezone": TimezoneInput(),
+            "cron": forms.TextInput(attrs={"class": "vTextField", "spellcheck": "false"}),
+        }
+
+
+@admin.register(ScheduledTask)
+class ScheduledTaskAdmin(admin.ModelAdmin):
+    form = ScheduledTaskForm
+    list_display = [
+        "name",
+        "task_definition",
+        "schedule",
+        "next_run",
+        "last_run",
+        "last_run_at",
+        "enabled",
+        "max_retries",
+        "retry_backoff",
+        "retry_delay",
+        "retry_backoff_max",
+        "retry_jitter",
+        "priority",
+        "queue",
+    ]
+    list_display_links = ["name"]
+    list_editable = LIST_EDITABLE
+    list_filter = [
+        "enabled",
+        LastRunStatusFilter,
+        "task_definition__category",
+        "task_definition",
+        "queue",
+        "retry_backoff",
+    ]
+    # kwargs are left out on purpose: searching them would let anyone who can list tasks probe
+    # for secret values.
+    search_fields = [
+        "name",
+        "description",
+        "task_definition__name",
+        "task_definition__import_path",
+        "queue",
+    ]
+    list_select_related = ["task_definition"]
+    filter_horizontal = ["notification_channels"]
+    readonly_fields = [
+        "schedule",
+        "next_run",
+        "periodic_task_link",
+        "retry_schedule",
+        "created_at",
+        "updated_at",
+    ]
+    fieldsets = [
+        (
+            "Schedule",
+            {
+                "fields": [
+                    "name",
+                    "task_definition",
+                    "cron",
+                    "timezone",
+                    "enabled",
+                    "description",
+                    "schedule",
+                    "next_run",
+                    "periodic_task_link",
+                ]
+            },
+        ),
+        ("Parameters", {"fields": ["kwargs"]}),
+        (
+            "Retry policy",
+            {
+                "fields": [
+                    "max_retries",
+                    "retry_backoff",
+                    "retry_delay",
+                    "retry_backoff_max",
+                    "retry_jitter",
+                    "time_limit",
+                    "retry_schedule",
+                ]
+            },
+        ),
+        ("Routing", {"fields": ["priority", "queue", "expires"]}),
+        ("Notifications", {"fields": ["notification_channels"]}),
+        ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
+    ]
+    inlines = [RecentRunsInline]
+    actions = ["run_now", "enable", "disable", "sync_to_beat"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ScheduledTask]:
+        # The latest run's status and time as two correlated subqueries: one SQL statement for the
+        # whole page however many tasks it lists. select_related serves next_run (it reads the
+        # definition's enabled flag) and the list_editable POST, which builds its rows from here.
+        latest = TaskRun.objects.filter(scheduled_task=OuterRef("pk")).order_by(
+            "-started_at", "-id"
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("task_definition")
+            .annotate(
+                last_run_status=Subquery(latest.values("status")[:1]),
+                last_run_at=Subquery(latest.values("started_at")[:1]),
+            )
+        )
+
+    def get_changelist_form(self, request: HttpRequest, **kwargs: Any) -> type[forms.ModelForm]:
+        kwargs.setdefault("form", ScheduledTaskChangeListForm)
+        return super().get_changelist_form(request, **kwargs)
+
+    def get_inlines(self, request: HttpRequest, obj: ScheduledTask | None) -> Sequence[Any]:
+        # A task being added has no runs.
+        return self.inlines if obj is not None else []
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        """Whether the user holds ``orchestrator.run_scheduledtask`` (shared with dashboard/API)."""
+        return request.user.has_perm(f"{self.opts.app_label}.run_scheduledtask")
+
+    # --- columns and read-only fields ---
+
+    @admin.display(description="schedule")
+    def schedule(self, obj: ScheduledTask) -> str:
+        if not obj.cron:
+            return "-"
+        return f"{obj.describe_schedule()} ({obj.timezone})"
+
+    @admin.display(description="next run")
+    def next_run(self, obj: ScheduledTask) -> str:
+        if obj.pk is None:
+            return "-"
+        if not obj.is_runnable:
+            return "disabled" if not obj.enabled else "definition disabled"
+        when = obj.next_run_at()
+        if when is None:
+            return "never"
+        return f"{when:%Y-%m-%d %H:%M} {when.tzname()} (in {timeuntil(when, timezone.now())})"
+
+    @admin.display(description="last run", ordering="last_run_status")
+    def last_run(self, obj: ScheduledTask) -> SafeString | str:
+        status = getattr(obj, "last_run_status", None)
+        badge = status_badge(status)
+        url = run_history_url(obj.pk) if status else None
+        if url is None:
+            return badge
+        return format_html('<a href="{}">{}</a>', url, badge)
+
+    @admin.display(description="last run at", ordering="last_run_at")
+    def last_run_at(self, obj: ScheduledTask) -> dt.datetime | None:
+        return getattr(obj, "last_run_at", None)
+
+    @admin.display(description="periodic task (beat)")
+    def periodic_task_link(self, obj: ScheduledTask) -> SafeString | str:
+        periodic_task = obj.periodic_task if obj.periodic_task_id else None
+        if periodic_task is None:
+            return "not synced yet" if obj.pk else "-"
+        url = admin_url(type(periodic_task), "change", periodic_task.pk)
+        label = f"{periodic_task.name} ({'enabled' if periodic_task.enabled else 'disabled'})"
+        if url is None:
+            return label
+        return format_html('<a href="{}">{}</a>', url, label)
+
+    @admin.display(description="retry delays")
+    def retry_schedule(self, obj: ScheduledTask) -> str:
+        try:
+            policy = obj.retry_policy()
+            delays = policy.schedule()
+        except (TypeError, ValueError):
+            return "-"  # the form reports the invalid field
+        if not delays:
+            return "No retries: the first failure is final."
+        shown = " → ".join(format_seconds(d) for d in delays[:SHOWN_RETRY_DELAYS])
+        if len(delays) > SHOWN_RETRY_DELAYS:
+            shown += (
+                f" → … {len(delays) - SHOWN_RETRY_DELAYS} more, "
+                f"the last after {format_seconds(delays[-1])}"
+            )
+        summary = f"{shown} ({len(delays)} retries, {policy.max_attempts} attempts at most)"
+        if policy.jitter:
+            summary += "; with jitter each wait falls between half of it and all of it"
+        return summary
+
+    # --- actions ---
+
+    @admin.action(description="Run now", permissions=["run"])
+    def run_now(self, request: HttpRequest, queryset: QuerySet[ScheduledTask]) -> None:
+        sent = 0
+        failures: list[str] = []
+        for task in queryset:
+            try:
+                task.run_now()
+            except Exception as err:
+                # One broker or dispatcher error must not stop the other selected tasks.
+                logger.exception("Run now failed for scheduled task %r", task.name)
+                failures.append(f"{task.name} ({type(err).__name__}: {err})")
+            else:
+                sent += 1
+        if sent:
+            self.message_user(
+                request,
+                f"Sent {sent} run{'s' if sent != 1 else ''} to the workers.",
+                messages.SUCCESS,
+            )
+        if failures:
+            self.message_user(request, "Could not send: " + "; ".join(failures), messages.ERROR)
+
+    @admin.action(description="Enable", permissions=["change"])
+    def enable(self, request: HttpRequest, queryset: QuerySet[ScheduledTask]) -> None:
+        self._set_enabled(request, queryset, enabled=True)
+
+    @admin.action(description="Disable", permissions=["change"])
+    def disable(self, request: HttpRequest, queryset: QuerySet[ScheduledTask]) -> None:
+        self._set_enabled(request, queryset, enabled=False)
+
+    @admin.action(description="Sync to beat", permissions=["change"])
+    def sync_to_beat(self, request: HttpRequest, queryset: QuerySet[ScheduledTask]) -> None:
+        pks = list(queryset.values_list("pk", flat=True))
+        try:
+            report = beat_sync.beat_sync(ScheduledTask.objects.filter(pk__in=pks))
+        except Exception as err:
+            logger.exception("beat_sync failed from the admin")
+            self.message_user(
+                request, f"Beat sync failed: {type(err).__name__}: {err}", messages.ERROR
+            )
+            return
+        self._report_sync(request, report, prefix="Beat sync")
+
+    def _set_enabled(
+        self, request: HttpRequest, queryset: QuerySet[ScheduledTask], *, enabled: bool
+    ) -> None:
+        # The primary keys are read first: the action's queryset may be filtered on `enabled`
+        # (the list filter), and would match nothing once the update has run.
+        pks = list(queryset.values_list("pk", flat=True))
+        selected = ScheduledTask.objects.filter(pk__in=pks)
+        verb = "Enabled" if enabled else "Disabled"
+        try:
+            # The flag and beat change together, or not at all.
+            with transaction.atomic():
+                changed = selected.exclude(enabled=enabled).update(
+                    enabled=enabled, updated_at=timezone.now()
+                )
+                report = beat_sync.beat_sync(selected)
+        except Exception as err:
+            logger.exception("%s action failed", verb)
+            self.message_user(
+                request,
+                f"Nothing changed: updating beat failed ({type(err).__name__}: {err}).",
+                messages.ERROR,
+            )
+            return
+        self.message_user(
+            request,
+            f"{verb} {changed} scheduled task{'s' if changed != 1 else ''}"
+            f" ({len(pks) - changed} already {verb.lower()}).",
+            messages.SUCCESS,
+        )
+        self._report_sync(request, report, prefix="Beat", quiet=True)
+
+    def _report_sync(
+        self, request: HttpRequest, report: Any, *, prefix: str, quiet: bool = False
+    ) -> None:
+        errors = list(getattr(report, "errors", []) or [])
+        if not quiet or errors:
+            self.message_user(
+                request,
+                f"{prefix}: {report.created} created, {report.updated} updated, "
+                f"{report.deleted} deleted, {report.unchanged} unchanged.",
+                messages.WARNING if errors else messages.SUCCESS,
+            )
+        for error in errors:
+            self.message_user(request, f"{prefix}: {error}", messages.ERROR)
+
+
+# --- Run history ------------------------------------------------------------------------------
+
+
+@admin.register(TaskRun)
+class TaskRunAdmin(admin.ModelAdmin):
+    """The run history: written by the dispatcher only, so it can be viewed, never edited."""
+
+    list_display = [
+        "scheduled_task",
+        "attempt_of",
+        "status_label",
+        "trigger",
+        "started_at",
+        "duration",
+        "error_type",
+        "worker",
+    ]
+    list_filter = [
+        "status",
+        "trigger",
+        "scheduled_task",
+        ("started_at", admin.DateFieldListFilter),
+    ]
+    date_hierarchy = "started_at"
+    search_fields = [
+        "scheduled_task__name",
+        "error_type",
+        "error_message",
+        "celery_task_id",
+    ]
+    list_select_related = ["scheduled_task"]
+    # A COUNT(*) over the whole history on every page is what makes large histories slow.
+    show_full_result_count = False
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "scheduled_task",
+                    "status_label",
+                    "attempt_of",
+                    "trigger",
+                    "scheduled_for",
+                    "started_at",
+                    "finished_at",
+                    "duration",
+                    "next_retry_at",
+                ]
+            },
+        ),
+        ("Worker", {"fields": ["celery_task_id", "worker", "queue", "priority"]}),
+        (
+            "Outcome",
+            {"fields": ["result_display", "error_type", "error_display", "traceback_display"]},
+        ),
+    ]
+    readonly_fields = [
+        "scheduled_task",
+        "status_label",
+        "attempt_of",
+        "trigger",
+        "scheduled_for",
+        "started_at",
+        "finished_at",
+        "duration",
+        "next_retry_at",
+        "celery_task_id",
+        "worker",
+        "queue",
+        "priority",
+        "result_display",
+        "error_type",
+        "error_display",
+        "traceback_display",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="status", ordering="status")
+    def status_label(self, obj: TaskRun) -> SafeString | str:
+        return status_badge(obj.status)
+
+    @admin.display(description="attempt", ordering="attempt")
+    def attempt_of(self, obj: TaskRun) -> str:
+        return f"{obj.attempt}/{obj.max_attempts}"
+
+    @admin.display(description="result")
+    def result_display(self, obj: TaskRun) -> SafeString | str:
+        if obj.result is None:
+            return "-"
+        text = json.dumps(obj.result, indent=2, ensure_ascii=False, default=str)
+        return format_html("<pre>{}</pre>", text)
+
+    @admin.display(description="error message")
+    def error_display(self, obj: TaskRun) -> SafeString | str:
+        if not obj.error_message:
+            return "-"
+        return format_html('<pre style="white-space: pre-wrap;">{}</pre>', obj.error_message)
+
+    @admin.display(description="traceback")
+    def traceback_display(self, obj: TaskRun) -> SafeString | str:
+        if not obj.traceback:
+            return "-"
+        return format_html("<pre>{}</pre>", obj.traceback)
+
+
+def _notifications_admin_exists() -> bool:
+    # The notifications admin is written in parallel: only its absence is tolerated. An import
+    # error raised from inside it still surfaces, at the import below.
+    try:
+        return importlib.util.find_spec("orchestrator.notifications.admin") is not None
+    except ModuleNotFoundError as err:
+        if err.name != "orchestrator.notifications":
+            raise
+        return False
+
+
+if _notifications_admin_exists():
+    from orchestrator.notifications import admin as notifications_admin  # noqa: F401
