@@ -76,10 +76,10 @@ def _celery_conf() -> Any:
 
 
 def _dispatch_task_acks_late() -> bool:
-    from celery import current_app
+    # Reading the attribute through the registered task applies the project's task annotations.
+    from orchestrator.tasks import run_scheduled_task
 
-    task = current_app.tasks.get("orchestrator.run_scheduled_task")
-    return bool(task.acks_late if task is not None else current_app.conf.task_acks_late)
+    return bool(run_scheduled_task.acks_late)
 
 
 def _priorities_in_use() -> bool:

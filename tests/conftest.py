@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# The test project's Celery app becomes the current app, as a project's __init__ would make it.
+import tests.celery_app  # noqa: F401
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 ARTIFACTS.mkdir(exist_ok=True)
 

@@ -1,0 +1,98 @@
+import pytest
+from django.core.checks import Error, Warning
+
+from orchestrator import checks
+from tests.utils import make_scheduled_task
+
+
+def ids(messages) -> list[str]:
+    return [message.id for message in messages]
+
+
+def test_e001_django_celery_beat_missing(settings):
+    settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "django_celery_beat"]
+    messages = checks.check_installed_apps()
+    assert ids(messages) == ["orchestrator.E001"]
+    assert isinstance(messages[0], Error)
+    assert "INSTALLED_APPS" in messages[0].hint
+
+
+def test_e001_passes_when_installed():
+    assert checks.check_installed_apps() == []
+
+
+def test_e002_orchestrator_setting_not_a_dict(settings):
+    settings.ORCHESTRATOR = ["tests"]
+    assert ids(checks.check_settings()) == ["orchestrator.E002"]
+
+
+def test_e002_unknown_keys_are_named(settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "ALLOWED_MODULES": ["x"]}
+    messages = checks.check_settings()
+    assert ids(messages) == ["orchestrator.E002"]
+    assert "ALLOWED_MODULES" in messages[0].msg
+
+
+def test_w001_empty_allow_list(settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "ALLOWED_TASK_MODULES": []}
+    messages = checks.check_settings()
+    assert ids(messages) == ["orchestrator.W001"]
+    assert isinstance(messages[0], Warning)
+
+
+def test_settings_checks_pass_for_the_test_settings():
+    assert checks.check_settings() == []
+
+
+@pytest.fixture
+def prioritised_task(db):
+    return make_scheduled_task("urgent", priority=8)
+
+
+def priority_ids(settings, transport: str, **celery) -> list[str]:
+    from celery import current_app
+
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "BROKER_TRANSPORT": transport}
+    saved = {key: current_app.conf[key] for key in celery}
+    current_app.conf.update(celery)
+    try:
+        return ids(checks.check_priority_support(databases=["default"]))
+    finally:
+        current_app.conf.update(saved)
+
+
+def test_priority_checks_are_quiet_without_prioritised_tasks(settings, db):
+    make_scheduled_task("plain")
+    assert priority_ids(settings, "filesystem") == []
+
+
+def test_priority_checks_do_not_query_without_databases(settings, prioritised_task):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "filesystem"}
+    assert checks.check_priority_support() == []
+
+
+def test_w002_prefetch_above_one(settings, prioritised_task):
+    assert priority_ids(settings, "redis", worker_prefetch_multiplier=4) == ["orchestrator.W002"]
+
+
+def test_w003_dispatch_task_not_acked_late(settings, prioritised_task, monkeypatch):
+    monkeypatch.setattr(checks, "_dispatch_task_acks_late", lambda: False)
+    assert priority_ids(settings, "redis", worker_prefetch_multiplier=1) == ["orchestrator.W003"]
+
+
+def test_w004_rabbitmq_without_max_priority(settings, prioritised_task):
+    assert priority_ids(
+        settings, "amqp", worker_prefetch_multiplier=1, task_queue_max_priority=None
+    ) == ["orchestrator.W004"]
+    assert (
+        priority_ids(settings, "amqp", worker_prefetch_multiplier=1, task_queue_max_priority=10)
+        == []
+    )
+
+
+def test_w005_transport_without_priorities(settings, prioritised_task):
+    assert priority_ids(settings, "filesystem") == ["orchestrator.W005"]
+
+
+def test_redis_with_recommended_settings_passes(settings, prioritised_task):
+    assert priority_ids(settings, "redis", worker_prefetch_multiplier=1) == []
