@@ -1,0 +1,400 @@
+"""Run one attempt of a scheduled task and record it: the service behind the Celery task.
+
+:func:`run_task` holds the whole decision (skip, refuse, call, retry or finish) and writes the
+history row; it does not talk to the broker. It returns a :class:`RunOutcome` that tells the
+Celery task in :mod:`orchestrator.tasks` what to do next, so the broker-facing code stays a thin
+adapter and everything else is testable in-process.
+
+:func:`enqueue` sends a run to the workers now (``ScheduledTask.run_now()``, the admin action,
+the API).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import logging
+import traceback as traceback_module
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import OuterRef, Subquery
+from django.dispatch import Signal
+from django.utils import timezone
+
+from orchestrator import callables, signals
+from orchestrator.conf import conf
+from orchestrator.models import ScheduledTask, TaskRun
+from orchestrator.routing import native_priority
+
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
+
+logger = logging.getLogger(__name__)
+
+TASK_NAME = "orchestrator.run_scheduled_task"
+
+# The statuses that end a run for good. The last of them before an attempt tells whether a
+# success is a recovery. "lost" counts: a run killed at its time limit is a final failure too
+# (see orchestrator.tasks).
+FINAL_STATUSES = (TaskRun.Status.SUCCEEDED, TaskRun.Status.FAILED, TaskRun.Status.LOST)
+FAILED_FINAL_STATUSES = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
+
+_TRUNCATION_MARK = "… [{count} characters cut]"
+
+
+class Action(enum.StrEnum):
+    """What the Celery task does after :func:`run_task` returns."""
+
+    DONE = "done"  # the attempt is recorded and nothing follows it
+    RETRY = "retry"  # send the next attempt through the broker after ``countdown`` seconds
+    DROP = "drop"  # the scheduled task no longer exists: nothing was recorded
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """The result of one attempt, and what the Celery task must do next.
+
+    ``scheduled_task`` is the row as loaded for this attempt (None for ``DROP``): the retry's
+    queue, priority, expiry and time limit are read from it, so an admin edit made before this
+    attempt applies to the next one without another query. ``max_retries`` is the policy's, to
+    be passed to ``Task.retry()`` explicitly.
+    """
+
+    action: Action
+    run: TaskRun | None = None
+    scheduled_task: ScheduledTask | None = None
+    countdown: float = 0.0
+    max_retries: int = 0
+
+    @property
+    def status(self) -> str | None:
+        return self.run.status if self.run is not None else None
+
+
+def truncate(text: str, limit: int, *, keep: str = "head") -> str:
+    """``text`` cut to at most ``limit`` characters, saying how much was cut.
+
+    ``keep="tail"`` keeps the end instead (for tracebacks, whose last lines name the error).
+    NUL characters are replaced: PostgreSQL text columns refuse them.
+    """
+    text = text.replace("\x00", "\ufffd")
+    if limit <= 0:
+        return ""
+    if len(text) <= limit:
+        return text
+    # The mark counts towards the limit, and its own length depends on the count it shows:
+    # grow the count until it is exact (a step or two).
+    cut = len(text) - limit
+    while True:
+        mark = _TRUNCATION_MARK.format(count=cut)
+        room = limit - len(mark)
+        exact = len(text) - max(room, 0)
+        if exact == cut or room <= 0:
+            break
+        cut = exact
+    if room <= 0:
+        return text[:limit] if keep == "head" else text[-limit:]
+    if keep == "tail":
+        return mark + text[-room:]
+    return text[:room] + mark
+
+
+def json_safe_result(value: Any, limit: int) -> Any:
+    """``value`` as something a JSONField stores, within ``limit`` characters of JSON.
+
+    JSON-able values are normalised through Django's encoder (dates, decimals and UUIDs become
+    strings, tuples lists). Anything else is stored as its ``repr``. When the JSON text is longer
+    than ``limit``, the stored value is that text truncated, as a string.
+    """
+    try:
+        # allow_nan=False: PostgreSQL's jsonb refuses NaN and Infinity.
+        text = json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        text = None
+    if text is None or "\\u0000" in text:
+        return truncate(_safe_repr(value), limit)
+    if len(text) > limit:
+        return truncate(text, limit)
+    return json.loads(text)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception as err:  # a broken __repr__ must not lose the run's outcome
+        return f"<unrepresentable {type(value).__name__}: {type(err).__name__}>"
+
+
+def _error_type(exc: BaseException) -> str:
+    cls = type(exc)
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    return name[:255]
+
+
+def _error_message(exc: BaseException) -> str:
+    try:
+        message = str(exc)
+    except Exception:
+        message = ""
+    return truncate(message or type(exc).__name__, conf.MAX_ERROR_CHARS)
+
+
+def send_signal(signal: Signal, run: TaskRun, task: ScheduledTask) -> None:
+    """Send ``signal`` robustly: a receiver that raises is logged and changes nothing."""
+    responses = signal.send_robust(sender=ScheduledTask, run=run, scheduled_task=task)
+    for receiver, response in responses:
+        if isinstance(response, Exception):
+            logger.error(
+                "Receiver %r of an orchestrator signal failed for task %r, attempt %s",
+                receiver,
+                task.name,
+                run.attempt,
+                exc_info=(type(response), response, response.__traceback__),
+            )
+
+
+def load_scheduled_task(scheduled_task_id: int) -> ScheduledTask | None:
+    """The task with its definition, in one query; None if it no longer exists.
+
+    The row carries ``previous_final_status``: the status of its last run that ended for good
+    (see ``FINAL_STATUSES``), or None, so a recovery is detected without another query.
+    """
+    previous_final = (
+        TaskRun.objects.filter(scheduled_task=OuterRef("pk"), status__in=FINAL_STATUSES)
+        .order_by("-started_at", "-id")
+        .values("status")[:1]
+    )
+    return (
+        ScheduledTask.objects.select_related("task_definition")
+        .annotate(previous_final_status=Subquery(previous_final))
+        .filter(pk=scheduled_task_id)
+        .first()
+    )
+
+
+def run_task(
+    scheduled_task_id: int,
+    *,
+    trigger: str = TaskRun.Trigger.SCHEDULE,
+    attempt: int = 1,
+    celery_task_id: str = "",
+    worker: str = "",
+    queue: str = "",
+    redelivered: bool = False,
+    now: Callable[[], dt.datetime] = timezone.now,
+) -> RunOutcome:
+    """Run attempt ``attempt`` (1-based) of scheduled task ``scheduled_task_id``, and record it.
+
+    * A task that no longer exists: logged, nothing recorded, ``Action.DROP``.
+    * A disabled task or definition: a ``skipped`` run, ``task_skipped``; the function is not
+      called.
+    * An import path the allow-list refuses (re-checked now, so a row edited in the database is
+      held to the same rule as a validated one), or kwargs that do not fit the function: a
+      ``failed`` run saying why, ``task_failed``, no retry.
+    * Otherwise a ``running`` row is written, ``func(**kwargs)`` called and the row updated:
+      ``succeeded`` (``task_succeeded``, then ``task_recovered`` if the last final run had
+      failed), ``retried`` with ``next_retry_at`` (``task_retrying``, ``Action.RETRY``), or
+      ``failed`` (``task_failed``). The retry decision uses the task's policy as loaded now.
+
+    Signals are sent after the row is written. A successful attempt costs three queries (load,
+    insert, update) plus whatever the signal receivers do. ``redelivered`` says the broker
+    delivered this message again after a worker died: the ``running`` row the dead worker left
+    for this Celery task id is marked ``lost`` first.
+    """
+    task = load_scheduled_task(scheduled_task_id)
+    if task is None:
+        logger.warning(
+            "Scheduled task %s no longer exists; dropping its run (attempt %s, Celery id %s)",
+            scheduled_task_id,
+            attempt,
+            celery_task_id or "-",
+        )
+        return RunOutcome(Action.DROP)
+
+    if redelivered and celery_task_id:
+        mark_lost(
+            celery_task_id,
+            "The worker running this attempt was lost; the broker delivered it again.",
+            error_type="WorkerLost",
+            now=now,
+        )
+
+    definition = task.task_definition
+    policy = task.retry_policy()
+    base = {
+        "scheduled_task": task,
+        "attempt": attempt,
+        "max_attempts": policy.max_attempts,
+        "trigger": trigger,
+        "celery_task_id": celery_task_id[:255],
+        "worker": worker[:255],
+        "queue": (queue or task.queue)[:200],
+        "priority": task.priority,
+    }
+
+    if not task.enabled or not definition.enabled:
+        reason = (
+            f"Skipped: scheduled task {task.name!r} is disabled."
+            if not task.enabled
+            else f"Skipped: task definition {definition.name!r} is disabled."
+        )
+        started = now()
+        run = TaskRun.objects.create(
+            **base,
+            status=TaskRun.Status.SKIPPED,
+            started_at=started,
+            finished_at=started,
+            duration=dt.timedelta(0),
+            error_message=reason,
+        )
+        logger.info("%s (attempt %s)", reason, attempt)
+        send_signal(signals.task_skipped, run, task)
+        return RunOutcome(Action.DONE, run, task)
+
+    try:
+        func = definition.resolve()
+        if not isinstance(task.kwargs, dict):
+            raise callables.CallableError(
+                f"kwargs must be a JSON object, not a JSON {type(task.kwargs).__name__}."
+            )
+        callables.check_kwargs(func, task.kwargs)
+    except callables.CallableError as err:
+        # A configuration error: retrying cannot fix it, so it is final at once.
+        started = now()
+        run = TaskRun.objects.create(
+            **base,
+            status=TaskRun.Status.FAILED,
+            started_at=started,
+            finished_at=started,
+            duration=dt.timedelta(0),
+            error_type=_error_type(err),
+            error_message=truncate(
+                f"Refused to run {definition.import_path!r} for task {task.name!r}: {err}",
+                conf.MAX_ERROR_CHARS,
+            ),
+        )
+        logger.error("Task %r not run: %s", task.name, run.error_message)
+        send_signal(signals.task_failed, run, task)
+        return RunOutcome(Action.DONE, run, task)
+
+    run = TaskRun.objects.create(**base, status=TaskRun.Status.RUNNING, started_at=now())
+    error: Exception | None = None
+    try:
+        value = func(**task.kwargs)
+    except Exception as exc:  # the function's failure is data for the run, not ours to raise
+        error = exc
+        formatted_traceback = traceback_module.format_exc()
+    finished = now()
+    run.finished_at = finished
+    run.duration = finished - run.started_at
+    update_fields = ["status", "finished_at", "duration"]
+
+    if error is None:
+        run.status = TaskRun.Status.SUCCEEDED
+        run.result = json_safe_result(value, conf.MAX_RESULT_CHARS)
+        run.save(update_fields=[*update_fields, "result"])
+        logger.info("Task %r attempt %s succeeded", task.name, attempt)
+        send_signal(signals.task_succeeded, run, task)
+        if task.previous_final_status in FAILED_FINAL_STATUSES:  # type: ignore[attr-defined]
+            send_signal(signals.task_recovered, run, task)
+        return RunOutcome(Action.DONE, run, task)
+
+    decision = policy.decide(attempt)
+    run.error_type = _error_type(error)
+    run.error_message = _error_message(error)
+    run.traceback = truncate(formatted_traceback, conf.MAX_TRACEBACK_CHARS, keep="tail")
+    update_fields += ["error_type", "error_message", "traceback"]
+    if decision.retry:
+        run.status = TaskRun.Status.RETRIED
+        run.next_retry_at = finished + dt.timedelta(seconds=decision.countdown)
+        run.save(update_fields=[*update_fields, "next_retry_at"])
+        logger.warning(
+            "Task %r attempt %s of %s failed (%s: %s); retrying in %.1f s",
+            task.name,
+            attempt,
+            policy.max_attempts,
+            run.error_type,
+            run.error_message[:200],
+            decision.countdown,
+        )
+        send_signal(signals.task_retrying, run, task)
+        return RunOutcome(
+            Action.RETRY, run, task, countdown=decision.countdown, max_retries=policy.max_retries
+        )
+
+    run.status = TaskRun.Status.FAILED
+    run.save(update_fields=update_fields)
+    logger.error(
+        "Task %r failed for good at attempt %s of %s (%s: %s)",
+        task.name,
+        attempt,
+        policy.max_attempts,
+        run.error_type,
+        run.error_message[:200],
+    )
+    send_signal(signals.task_failed, run, task)
+    return RunOutcome(Action.DONE, run, task)
+
+
+def mark_lost(
+    celery_task_id: str,
+    message: str,
+    *,
+    error_type: str = "",
+    now: Callable[[], dt.datetime] = timezone.now,
+) -> list[TaskRun]:
+    """Mark the ``running`` rows of Celery task ``celery_task_id`` as ``lost``; return them.
+
+    For attempts whose code never got to record an outcome: the worker process was killed at
+    its time limit, the task was revoked with ``terminate=True``, or the worker died.
+    """
+    runs = list(
+        TaskRun.objects.filter(celery_task_id=celery_task_id, status=TaskRun.Status.RUNNING)
+    )
+    finished = now()
+    for run in runs:
+        run.status = TaskRun.Status.LOST
+        run.finished_at = finished
+        run.duration = max(finished - run.started_at, dt.timedelta(0))
+        run.error_type = error_type[:255]
+        run.error_message = truncate(message, conf.MAX_ERROR_CHARS)
+    if runs:
+        TaskRun.objects.bulk_update(
+            runs, ["status", "finished_at", "duration", "error_type", "error_message"]
+        )
+    return runs
+
+
+def message_options(task: ScheduledTask, countdown: float = 0.0) -> dict[str, Any]:
+    """The ``apply_async`` options of a run of ``task`` sent ``countdown`` seconds from now.
+
+    ``expires`` counts from when the run is due, not from when it is sent, so a retry waiting
+    longer than ``task.expires`` is not discarded before it could start. ``queue`` is None for
+    the default routing; the Celery task's retry makes it explicit.
+    """
+    return {
+        "queue": task.queue or None,
+        "priority": native_priority(task.priority),
+        "expires": countdown + task.expires if task.expires else None,
+        "time_limit": task.time_limit,
+    }
+
+
+def enqueue(task: ScheduledTask, trigger: str = TaskRun.Trigger.MANUAL) -> AsyncResult:
+    """Send a run of ``task`` to the workers now, with its queue, priority, expiry and limit.
+
+    The message is the one beat sends (``args=[task.pk]``) plus the trigger, so the worker
+    handles manual and scheduled runs alike. Disabled tasks are sent too: the worker records
+    them as skipped, which shows the operator what happened.
+    """
+    from orchestrator.tasks import run_scheduled_task
+
+    return run_scheduled_task.apply_async(
+        args=[task.pk], kwargs={"trigger": str(trigger)}, **message_options(task)
+    )

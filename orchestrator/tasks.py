@@ -1,0 +1,125 @@
+"""The Celery side of the dispatcher: one task, and the worker signals for killed attempts.
+
+``run_scheduled_task`` is what beat (through django-celery-beat's ``PeriodicTask`` rows, args
+``[scheduled_task_id]``) and :func:`orchestrator.dispatcher.enqueue` send. It only adapts the
+Celery request to :func:`orchestrator.dispatcher.run_task` and turns a retry outcome into
+``self.retry()`` with every option explicit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+from celery.exceptions import TimeLimitExceeded
+from celery.signals import task_failure, task_revoked
+
+from orchestrator import dispatcher, signals
+from orchestrator.dispatcher import TASK_NAME, Action
+from orchestrator.models import ScheduledTask, TaskRun
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
+def run_scheduled_task(
+    self: Task, scheduled_task_id: int, trigger: str = TaskRun.Trigger.SCHEDULE
+) -> dict[str, Any] | None:
+    """Run one attempt of a scheduled task; retry it through the broker when its policy says so.
+
+    The attempt number is Celery's retry count plus one. A retry is a new broker message (the
+    worker slot is free while it waits), sent with the countdown, ``max_retries``, queue,
+    priority, expiry and time limit taken from the task as loaded for this attempt: Celery would
+    otherwise fall back to its own defaults or the wrong queue (celery#8357).
+    """
+    request = self.request
+    delivery = request.delivery_info or {}
+    outcome = dispatcher.run_task(
+        scheduled_task_id,
+        trigger=trigger,
+        attempt=request.retries + 1,
+        celery_task_id=request.id or "",
+        worker=request.hostname or "",
+        queue=delivery.get("routing_key") or "",
+        redelivered=bool(delivery.get("redelivered")),
+    )
+    if outcome.action is Action.RETRY:
+        task = outcome.scheduled_task
+        assert task is not None  # a retry outcome always carries its task
+        options = dispatcher.message_options(task, outcome.countdown)
+        options["queue"] = options["queue"] or _default_queue(self)
+        raise self.retry(
+            args=[scheduled_task_id],
+            kwargs={"trigger": trigger},
+            countdown=outcome.countdown,
+            max_retries=outcome.max_retries,
+            **options,
+        )
+    if outcome.run is None:
+        return None
+    return {"run": outcome.run.pk, "status": outcome.run.status, "attempt": outcome.run.attempt}
+
+
+def _default_queue(task: Task) -> str:
+    """The queue Celery's router picks for this task (task_routes, else the default queue)."""
+    route = task.app.amqp.router.route({}, task.name)
+    queue = route.get("queue")
+    return getattr(queue, "name", None) or str(task.app.conf.task_default_queue)
+
+
+def _record_lost(task_id: str, message: str, error_type: str, *, final: bool) -> None:
+    runs = dispatcher.mark_lost(task_id, message, error_type=error_type)
+    if not final:
+        return
+    for run in runs:
+        task = ScheduledTask.objects.select_related("task_definition").get(pk=run.scheduled_task_id)
+        logger.error("Task %r attempt %s lost: %s", task.name, run.attempt, message)
+        # Nothing will retry this attempt, so it is a final failure as far as alerts go.
+        dispatcher.send_signal(signals.task_failed, run, task)
+
+
+@task_failure.connect
+def _on_task_failure(
+    sender: Task | None = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    **kwargs: Any,
+) -> None:
+    """A failure that escaped the task body: the worker killed the attempt, or our code broke.
+
+    Runs in the worker's main process for a hard time limit, where the task body never got to
+    record the outcome.
+    """
+    if getattr(sender, "name", None) != TASK_NAME or not task_id:
+        return
+    if isinstance(exception, TimeLimitExceeded):
+        message = f"Killed by the worker at its hard time limit ({exception})."
+    else:
+        message = f"The attempt ended outside the dispatcher: {exception!r}"
+    try:
+        _record_lost(task_id, message, type(exception).__name__, final=True)
+    except Exception:  # a worker signal handler must never take the worker down
+        logger.exception("Could not record the lost attempt of Celery task %s", task_id)
+
+
+@task_revoked.connect
+def _on_task_revoked(
+    sender: Task | None = None,
+    request: Any = None,
+    terminated: bool = False,
+    signum: Any = None,
+    expired: bool = False,
+    **kwargs: Any,
+) -> None:
+    """A revoked attempt that had started (``terminate=True``) leaves a ``running`` row.
+
+    An operator stopped it on purpose, so the row is marked ``lost`` without a failure signal.
+    """
+    task_id = getattr(request, "id", None)
+    if getattr(sender, "name", None) != TASK_NAME or not task_id or not terminated:
+        return
+    try:
+        _record_lost(task_id, f"Revoked and terminated (signal {signum}).", "Revoked", final=False)
+    except Exception:
+        logger.exception("Could not record the revoked attempt of Celery task %s", task_id)

@@ -1,0 +1,449 @@
+"""The dispatcher service, run in-process: no worker, no broker."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+from django.utils import timezone
+from freezegun import freeze_time
+
+from orchestrator import dispatcher, signals
+from orchestrator.dispatcher import Action, json_safe_result, run_task, truncate
+from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun
+from tests.utils import make_run, make_scheduled_task
+
+pytestmark = pytest.mark.django_db
+
+ALL_SIGNALS = {
+    "task_succeeded": signals.task_succeeded,
+    "task_retrying": signals.task_retrying,
+    "task_failed": signals.task_failed,
+    "task_recovered": signals.task_recovered,
+    "task_skipped": signals.task_skipped,
+}
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def orchestrator_settings(**overrides: Any) -> override_settings:
+    return override_settings(ORCHESTRATOR={**settings.ORCHESTRATOR, **overrides})
+
+
+@pytest.fixture
+def only_our_receivers() -> Iterator[None]:
+    """Disconnect the receivers other modules connect to our signals, for the test's length."""
+    saved = {name: signal.receivers for name, signal in ALL_SIGNALS.items()}
+    for signal in ALL_SIGNALS.values():
+        signal.receivers = []
+        signal.sender_receivers_cache.clear()
+    yield
+    for name, signal in ALL_SIGNALS.items():
+        signal.receivers = saved[name]
+        signal.sender_receivers_cache.clear()
+
+
+@pytest.fixture
+def sent(only_our_receivers: None) -> Iterator[list[tuple[str, str, str]]]:
+    """Every signal sent, as (signal name, run status in the database, run status in memory)."""
+    log: list[tuple[str, str, str]] = []
+
+    def receiver_for(name: str):
+        def receiver(sender: Any, run: TaskRun, scheduled_task: ScheduledTask, **kw: Any) -> None:
+            assert sender is ScheduledTask
+            assert scheduled_task.pk == run.scheduled_task_id
+            stored = TaskRun.objects.get(pk=run.pk).status
+            log.append((name, stored, run.status))
+
+        return receiver
+
+    receivers = {name: receiver_for(name) for name in ALL_SIGNALS}
+    for name, signal in ALL_SIGNALS.items():
+        signal.connect(receivers[name], weak=False)
+    yield log
+    for name, signal in ALL_SIGNALS.items():
+        signal.disconnect(receivers[name])
+
+
+def test_a_successful_attempt_records_the_run_and_passes_kwargs(sent: list) -> None:
+    task = make_scheduled_task(
+        "echo", "tests.sample_tasks.echo", kwargs={"days": 7, "who": "ops"}, priority=7, queue="q1"
+    )
+    outcome = run_task(
+        task.pk, trigger="manual", celery_task_id="abc", worker="w1@host", queue="q1"
+    )
+
+    assert outcome.action is Action.DONE
+    run = TaskRun.objects.get()
+    assert run == outcome.run
+    assert run.status == TaskRun.Status.SUCCEEDED
+    assert run.result == {"days": 7, "who": "ops"}
+    assert (run.attempt, run.max_attempts, run.trigger) == (1, 4, "manual")
+    assert (run.celery_task_id, run.worker, run.queue, run.priority) == ("abc", "w1@host", "q1", 7)
+    assert run.finished_at is not None and run.duration == run.finished_at - run.started_at
+    assert run.error_type == run.error_message == run.traceback == ""
+    assert sent == [("task_succeeded", "succeeded", "succeeded")]
+
+
+def test_a_successful_attempt_costs_three_queries(
+    only_our_receivers: None, django_assert_num_queries: Any
+) -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1, "b": 2})
+    make_run(task, status=TaskRun.Status.FAILED)
+
+    with django_assert_num_queries(3):  # load with the previous status, insert, update
+        outcome = run_task(task.pk)
+
+    assert outcome.run is not None and outcome.run.result == 3
+
+
+def test_a_run_of_a_deleted_task_is_dropped_without_a_trace(caplog: Any) -> None:
+    outcome = run_task(987654)
+    assert outcome.action is Action.DROP
+    assert outcome.run is None
+    assert not TaskRun.objects.exists()
+    assert "987654 no longer exists" in caplog.text
+
+
+@pytest.mark.parametrize("disabled", ["task", "definition"])
+def test_a_disabled_task_or_definition_is_skipped_and_never_called(
+    disabled: str, sent: list
+) -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    if disabled == "task":
+        ScheduledTask.objects.filter(pk=task.pk).update(enabled=False)
+    else:
+        TaskDefinition.objects.filter(pk=task.task_definition_id).update(enabled=False)
+
+    with mock.patch("tests.sample_tasks.add") as add:
+        outcome = run_task(task.pk)
+
+    add.assert_not_called()
+    assert outcome.action is Action.DONE
+    run = TaskRun.objects.get()
+    assert run.status == TaskRun.Status.SKIPPED
+    expected = {"task": "scheduled task 'add' is disabled", "definition": "definition 'add' is"}
+    assert expected[disabled] in run.error_message
+    assert sent == [("task_skipped", "skipped", "skipped")]
+
+
+def test_an_import_path_edited_in_the_database_to_os_system_never_runs(
+    tmp_path: Path, sent: list
+) -> None:
+    marker = tmp_path / "pwned"
+    task = make_scheduled_task("shell", "tests.sample_tasks.echo")
+    # QuerySet.update() skips validation, as a hand-edited row would.
+    TaskDefinition.objects.filter(pk=task.task_definition_id).update(import_path="os.system")
+    ScheduledTask.objects.filter(pk=task.pk).update(kwargs={"command": f"touch {marker}"})
+
+    with mock.patch("os.system") as system:
+        outcome = run_task(task.pk, attempt=1)
+
+    system.assert_not_called()
+    assert not marker.exists()
+    assert outcome.action is Action.DONE  # refused for good: no retry
+    run = TaskRun.objects.get()
+    assert run.status == TaskRun.Status.FAILED
+    assert run.error_type == "orchestrator.callables.NotAllowedError"
+    assert run.error_message.startswith("Refused to run 'os.system' for task 'shell': ")
+    assert "Module 'os' is not allowed" in run.error_message
+    assert sent == [("task_failed", "failed", "failed")]
+
+
+def test_a_function_an_allowed_module_merely_reexports_is_refused_at_run_time() -> None:
+    task = make_scheduled_task("shell", "tests.sample_tasks.noop")
+    TaskDefinition.objects.filter(pk=task.task_definition_id).update(
+        import_path="tests.sample_tasks.system"
+    )
+    run = run_task(task.pk).run
+    assert run is not None and run.status == TaskRun.Status.FAILED
+    assert "not an allowed module" in run.error_message
+
+
+def test_kwargs_that_no_longer_fit_the_function_fail_without_retry() -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1}, max_retries=5)
+    ScheduledTask.objects.filter(pk=task.pk).update(kwargs={"a": 1, "c": 2})
+
+    outcome = run_task(task.pk)
+
+    assert outcome.action is Action.DONE
+    assert outcome.run is not None and outcome.run.status == TaskRun.Status.FAILED
+    assert "Unknown argument(s) c" in outcome.run.error_message
+
+
+@freeze_time(NOW)
+def test_a_failed_attempt_is_retried_with_the_policy_delay(sent: list) -> None:
+    task = make_scheduled_task(
+        "fails",
+        "tests.sample_tasks.always_fails",
+        kwargs={"message": "database is down"},
+        max_retries=2,
+        retry_backoff="fixed",
+        retry_delay=10,
+    )
+
+    outcome = run_task(task.pk, attempt=1)
+
+    assert outcome.action is Action.RETRY
+    assert (outcome.countdown, outcome.max_retries) == (10.0, 2)
+    run = TaskRun.objects.get()
+    assert run.status == TaskRun.Status.RETRIED
+    assert (run.attempt, run.max_attempts) == (1, 3)
+    assert run.next_retry_at == NOW + dt.timedelta(seconds=10)
+    assert run.error_type == "RuntimeError"
+    assert run.error_message == "database is down"
+    assert run.traceback.startswith("Traceback (most recent call last):")
+    assert run.traceback.rstrip().endswith("RuntimeError: database is down")
+    assert sent == [("task_retrying", "retried", "retried")]
+
+
+@freeze_time(NOW)
+def test_exponential_backoff_gives_the_delay_table_and_the_last_attempt_fails() -> None:
+    task = make_scheduled_task(
+        "fails",
+        "tests.sample_tasks.always_fails",
+        max_retries=3,
+        retry_backoff="exponential",
+        retry_delay=5,
+        retry_backoff_max=15,
+    )
+
+    outcomes = [run_task(task.pk, attempt=n) for n in (1, 2, 3, 4)]
+
+    assert [o.action for o in outcomes] == [Action.RETRY] * 3 + [Action.DONE]
+    assert [o.countdown for o in outcomes[:3]] == [5.0, 10.0, 15.0]  # capped at 15
+    runs = TaskRun.objects.order_by("attempt")
+    assert [r.status for r in runs] == ["retried"] * 3 + ["failed"]
+    assert [r.next_retry_at for r in runs] == [
+        NOW + dt.timedelta(seconds=5),
+        NOW + dt.timedelta(seconds=10),
+        NOW + dt.timedelta(seconds=15),
+        None,
+    ]
+
+
+def test_an_admin_edit_between_attempts_applies_to_the_next_attempt() -> None:
+    task = make_scheduled_task(
+        "fails", "tests.sample_tasks.always_fails", max_retries=3, retry_backoff="fixed"
+    )
+    assert run_task(task.pk, attempt=1).countdown == 60.0
+
+    task.refresh_from_db()
+    task.retry_delay = 5
+    task.full_clean()
+    task.save()
+    assert run_task(task.pk, attempt=2).countdown == 5.0
+
+    task.max_retries = 2
+    task.full_clean()
+    task.save()
+    last = run_task(task.pk, attempt=3)
+    assert last.action is Action.DONE
+    assert last.run is not None
+    assert (last.run.status, last.run.max_attempts) == (TaskRun.Status.FAILED, 3)
+
+
+def test_a_task_without_retries_fails_at_the_first_error(sent: list) -> None:
+    task = make_scheduled_task("fails", "tests.sample_tasks.always_fails", max_retries=0)
+    outcome = run_task(task.pk)
+    assert outcome.action is Action.DONE
+    assert sent == [("task_failed", "failed", "failed")]
+
+
+def test_long_error_messages_and_tracebacks_are_truncated() -> None:
+    task = make_scheduled_task(
+        "fails", "tests.sample_tasks.always_fails", kwargs={"message": "x" * 500}, max_retries=0
+    )
+    with orchestrator_settings(MAX_ERROR_CHARS=100, MAX_TRACEBACK_CHARS=120):
+        run = run_task(task.pk).run
+
+    assert run is not None
+    assert len(run.error_message) == 100
+    assert run.error_message.startswith("xxx")
+    assert run.error_message.endswith("characters cut]")
+    assert len(run.traceback) == 120
+    # The tail is kept: it names the error.
+    assert run.traceback.startswith("… [")
+    assert run.traceback.endswith("x" * 20 + "\n")
+
+
+def test_a_long_result_is_stored_as_truncated_json_text() -> None:
+    task = make_scheduled_task("echo", "tests.sample_tasks.echo", kwargs={"text": "y" * 500})
+    with orchestrator_settings(MAX_RESULT_CHARS=80):
+        run = run_task(task.pk).run
+
+    assert run is not None
+    run.refresh_from_db()
+    assert isinstance(run.result, str)
+    assert len(run.result) == 80
+    assert run.result.startswith('{"text": "yyy')
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        (None, None),
+        ((1, "a"), [1, "a"]),
+        ({"when": dt.date(2026, 1, 2)}, {"when": "2026-01-02"}),
+        (float("nan"), "nan"),
+        ({1, 2}, "{1, 2}"),
+        ("nul\x00byte", "'nul\\x00byte'"),
+    ],
+)
+def test_results_are_made_json_safe(value: Any, stored: Any) -> None:
+    assert json_safe_result(value, 1000) == stored
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "keep", "expected"),
+    [
+        ("short", 10, "head", "short"),
+        ("a" * 40, 30, "head", "a" * 9 + "… [31 characters cut]"),
+        ("a" * 30 + "END", 30, "tail", "… [24 characters cut]" + "a" * 6 + "END"),
+        ("abcdef", 3, "head", "abc"),
+        ("abcdef", 0, "head", ""),
+    ],
+)
+def test_truncate_keeps_within_the_limit_and_says_how_much_was_cut(
+    text: str, limit: int, keep: str, expected: str
+) -> None:
+    assert truncate(text, limit, keep=keep) == expected
+    assert len(truncate(text, limit, keep=keep)) <= max(limit, 0)
+
+
+def test_a_receiver_that_raises_is_logged_and_changes_nothing(
+    only_our_receivers: None, caplog: Any
+) -> None:
+    def broken(**kwargs: Any) -> None:
+        raise ValueError("receiver bug")
+
+    signals.task_succeeded.connect(broken, weak=False)
+    try:
+        task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 2})
+        with caplog.at_level(logging.ERROR, logger="orchestrator.dispatcher"):
+            outcome = run_task(task.pk)
+    finally:
+        signals.task_succeeded.disconnect(broken)
+
+    assert outcome.action is Action.DONE
+    assert outcome.run is not None
+    assert TaskRun.objects.get().status == TaskRun.Status.SUCCEEDED
+    assert "receiver bug" in caplog.text
+    assert "task 'add', attempt 1" in caplog.text
+
+
+def test_a_raising_retry_receiver_does_not_stop_the_retry(only_our_receivers: None) -> None:
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("alerting is down")
+
+    signals.task_retrying.connect(broken, weak=False)
+    try:
+        task = make_scheduled_task("fails", "tests.sample_tasks.always_fails", max_retries=1)
+        outcome = run_task(task.pk)
+    finally:
+        signals.task_retrying.disconnect(broken)
+    assert outcome.action is Action.RETRY
+
+
+def test_the_first_success_after_a_final_failure_is_a_recovery(sent: list) -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    make_run(task, status=TaskRun.Status.SUCCEEDED, started_at=NOW - dt.timedelta(hours=2))
+    make_run(task, status=TaskRun.Status.FAILED, started_at=NOW - dt.timedelta(hours=1))
+    make_run(task, status=TaskRun.Status.SKIPPED, started_at=NOW - dt.timedelta(minutes=30))
+
+    run_task(task.pk)
+    run_task(task.pk)
+
+    assert sent == [
+        ("task_succeeded", "succeeded", "succeeded"),
+        ("task_recovered", "succeeded", "succeeded"),
+        ("task_succeeded", "succeeded", "succeeded"),
+    ]
+
+
+def test_a_success_after_retries_only_is_not_a_recovery(sent: list) -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    make_run(task, status=TaskRun.Status.SUCCEEDED, started_at=NOW - dt.timedelta(hours=1))
+    make_run(task, status=TaskRun.Status.RETRIED, started_at=NOW - dt.timedelta(minutes=1))
+
+    run_task(task.pk, attempt=2)
+
+    assert sent == [("task_succeeded", "succeeded", "succeeded")]
+
+
+def test_a_redelivered_attempt_marks_the_dead_workers_row_lost() -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    orphan = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c1")
+
+    run_task(task.pk, celery_task_id="c1", redelivered=True)
+
+    orphan.refresh_from_db()
+    assert orphan.status == TaskRun.Status.LOST
+    assert orphan.error_type == "WorkerLost"
+    assert orphan.finished_at is not None
+    assert TaskRun.objects.filter(status=TaskRun.Status.SUCCEEDED, celery_task_id="c1").count() == 1
+
+
+def test_mark_lost_touches_only_running_rows_of_that_celery_task() -> None:
+    task = make_scheduled_task()
+    running = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c1")
+    done = make_run(task, status=TaskRun.Status.RETRIED, celery_task_id="c1")
+    other = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c2")
+
+    lost = dispatcher.mark_lost("c1", "killed", error_type="TimeLimitExceeded")
+
+    assert [r.pk for r in lost] == [running.pk]
+    statuses = dict(TaskRun.objects.values_list("pk", "status"))
+    assert statuses == {running.pk: "lost", done.pk: "retried", other.pk: "running"}
+
+
+def test_enqueue_sends_the_task_now_with_its_routing_options() -> None:
+    task = make_scheduled_task(priority=9, queue="urgent", expires=30, time_limit=60)
+    with (
+        orchestrator_settings(BROKER_TRANSPORT="redis"),
+        mock.patch("orchestrator.tasks.run_scheduled_task.apply_async") as apply_async,
+    ):
+        dispatcher.enqueue(task, trigger="api")
+
+    apply_async.assert_called_once_with(
+        args=[task.pk],
+        kwargs={"trigger": "api"},
+        queue="urgent",
+        priority=0,  # Redis serves 0 first
+        expires=30.0,
+        time_limit=60,
+    )
+
+
+def test_run_now_goes_through_enqueue_with_defaults_left_to_celery() -> None:
+    task = make_scheduled_task()
+    with mock.patch("orchestrator.tasks.run_scheduled_task.apply_async") as apply_async:
+        task.run_now()
+    apply_async.assert_called_once_with(
+        args=[task.pk],
+        kwargs={"trigger": "manual"},
+        queue=None,
+        priority=None,
+        expires=None,
+        time_limit=None,
+    )
+
+
+def test_a_retry_expires_counting_from_when_it_is_due() -> None:
+    task = make_scheduled_task(expires=30)
+    assert dispatcher.message_options(task, countdown=120)["expires"] == 150
+
+
+def test_timestamps_come_from_the_clock_in_use() -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    ticks = iter([NOW, NOW + dt.timedelta(seconds=3)])
+    run = run_task(task.pk, now=lambda: next(ticks)).run
+    assert run is not None
+    assert (run.started_at, run.duration) == (NOW, dt.timedelta(seconds=3))
+    assert run.started_at <= timezone.now()
