@@ -1,0 +1,152 @@
+"""The Celery adapter: run in-process with ``apply()`` and with the worker signals sent by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
+
+import pytest
+from celery.exceptions import Retry, TimeLimitExceeded
+from celery.signals import task_failure, task_revoked
+from django.conf import settings
+from django.test import override_settings
+
+from orchestrator import signals
+from orchestrator.models import TaskRun
+from orchestrator.tasks import run_scheduled_task
+from tests.utils import make_run, make_scheduled_task
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_task_is_registered_with_late_acks_and_requeue_on_worker_loss() -> None:
+    assert run_scheduled_task.name == "orchestrator.run_scheduled_task"
+    assert run_scheduled_task.acks_late is True
+    assert run_scheduled_task.reject_on_worker_lost is True
+
+
+def test_a_flaky_function_is_retried_until_it_succeeds(tmp_path: Path) -> None:
+    counter = tmp_path / "calls"
+    task = make_scheduled_task(
+        "flaky",
+        "tests.sample_tasks.flaky",
+        kwargs={"counter_file": str(counter), "failures": 2},
+        max_retries=3,
+        retry_backoff="fixed",
+        retry_delay=1,
+    )
+
+    # apply() runs retries eagerly, in-process, ignoring the countdown.
+    result = run_scheduled_task.apply(args=[task.pk])
+
+    assert result.get() == {"run": mock.ANY, "status": "succeeded", "attempt": 3}
+    runs = list(TaskRun.objects.order_by("attempt"))
+    assert [(r.attempt, r.status) for r in runs] == [
+        (1, "retried"),
+        (2, "retried"),
+        (3, "succeeded"),
+    ]
+    assert len({r.celery_task_id for r in runs}) == 1  # a retry keeps the Celery task id
+    assert all(r.trigger == "schedule" and r.max_attempts == 4 for r in runs)
+
+
+def test_a_retry_passes_every_option_explicitly() -> None:
+    task = make_scheduled_task(
+        "fails",
+        "tests.sample_tasks.always_fails",
+        max_retries=2,
+        retry_backoff="fixed",
+        retry_delay=7,
+        priority=9,
+        expires=30,
+        time_limit=20,
+    )
+    with (
+        override_settings(ORCHESTRATOR={**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "redis"}),
+        mock.patch.object(run_scheduled_task, "retry", side_effect=Retry()) as retry,
+    ):
+        run_scheduled_task.apply(args=[task.pk], kwargs={"trigger": "api"})
+
+    retry.assert_called_once_with(
+        args=[task.pk],
+        kwargs={"trigger": "api"},
+        countdown=7.0,
+        max_retries=2,
+        queue="celery",  # blank queue: the routed default, never left to Celery's fallback
+        priority=0,
+        expires=37.0,
+        time_limit=20,
+    )
+
+
+def test_a_message_for_a_deleted_task_is_dropped_not_retried() -> None:
+    result = run_scheduled_task.apply(args=[424242])
+    assert result.successful()
+    assert result.get() is None
+    assert not TaskRun.objects.exists()
+
+
+def test_a_hard_time_limit_marks_the_running_attempt_lost_and_final() -> None:
+    task = make_scheduled_task("sleepy", "tests.sample_tasks.sleep", time_limit=1)
+    run = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c-1", attempt=2)
+    failed: list[TaskRun] = []
+
+    def on_failed(sender: Any, run: TaskRun, **kwargs: Any) -> None:
+        failed.append(run)
+
+    signals.task_failed.connect(on_failed, weak=False)
+    try:
+        task_failure.send(
+            sender=run_scheduled_task._get_current_object(),
+            task_id="c-1",
+            exception=TimeLimitExceeded(1),
+            args=[task.pk],
+            kwargs={},
+            traceback=None,
+            einfo=None,
+        )
+    finally:
+        signals.task_failed.disconnect(on_failed)
+
+    run.refresh_from_db()
+    assert run.status == TaskRun.Status.LOST
+    assert run.error_type == "TimeLimitExceeded"
+    assert "hard time limit" in run.error_message
+    assert run.finished_at is not None
+    assert [r.pk for r in failed] == [run.pk]
+
+
+def test_a_terminated_revoke_marks_the_attempt_lost_without_a_failure_signal() -> None:
+    task = make_scheduled_task()
+    run = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c-2")
+    failed: list[Any] = []
+    signals.task_failed.connect(failed.append, weak=False)
+    try:
+        task_revoked.send(
+            sender=run_scheduled_task._get_current_object(),
+            request=mock.Mock(id="c-2"),
+            terminated=True,
+            signum=15,
+            expired=False,
+        )
+    finally:
+        signals.task_failed.disconnect(failed.append)
+
+    run.refresh_from_db()
+    assert run.status == TaskRun.Status.LOST
+    assert run.error_type == "Revoked"
+    assert failed == []
+
+
+def test_failures_of_other_tasks_are_ignored() -> None:
+    task = make_scheduled_task()
+    run = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c-3")
+    task_failure.send(
+        sender=SimpleNamespace(name="billing.send"),
+        task_id="c-3",
+        exception=TimeLimitExceeded(1),
+    )
+    run.refresh_from_db()
+    assert run.status == TaskRun.Status.RUNNING
