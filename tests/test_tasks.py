@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -140,11 +139,15 @@ def test_a_terminated_revoke_marks_the_attempt_lost_without_a_failure_signal() -
     assert failed == []
 
 
+class OtherTask:
+    name = "billing.send_invoices"
+
+
 def test_failures_of_other_tasks_are_ignored() -> None:
     task = make_scheduled_task()
     run = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c-3")
     task_failure.send(
-        sender=SimpleNamespace(name="billing.send"),
+        sender=OtherTask(),
         task_id="c-3",
         exception=TimeLimitExceeded(1),
     )
