@@ -11,3 +11,7 @@ class OrchestratorConfig(AppConfig):
         from orchestrator import beat_sync, checks  # noqa: F401
 
         beat_sync.connect_signals()
+
+        from orchestrator.notifications import receivers
+
+        receivers.connect()

@@ -30,6 +30,14 @@ def default_timezone() -> str:
     return str(settings.TIME_ZONE or "UTC")
 
 
+def channel_kind_choices() -> list[tuple[str, str]]:
+    """Channel kinds from the notification registry (a callable: adding a kind needs no
+    migration)."""
+    from orchestrator.notifications.registry import kind_choices
+
+    return kind_choices()
+
+
 def default_channel_events() -> list[str]:
     return [Event.FAILURE, Event.RECOVERY]
 
@@ -306,7 +314,7 @@ class NotificationChannel(models.Model):
     """A place alerts go to: a Slack channel or webhook, or a list of email addresses."""
 
     name = models.CharField(max_length=200, unique=True)
-    kind = models.CharField(max_length=50, choices=[("slack", "Slack"), ("email", "Email")])
+    kind = models.CharField(max_length=50, choices=channel_kind_choices)
     target = models.CharField(
         max_length=2000,
         help_text="Slack: an incoming-webhook URL, or a channel name/ID (bot token from "
@@ -345,6 +353,12 @@ class NotificationChannel(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        super().clean()
+        from orchestrator.notifications.validation import clean_channel
+
+        clean_channel(self)
 
 
 class AlertState(models.Model):

@@ -123,3 +123,4 @@ def _on_task_revoked(
         _record_lost(task_id, f"Revoked and terminated (signal {signum}).", "Revoked", final=False)
     except Exception:
         logger.exception("Could not record the revoked attempt of Celery task %s", task_id)
+from orchestrator.notifications.tasks import deliver_notification  # noqa: E402,F401

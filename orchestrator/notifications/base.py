@@ -1,0 +1,74 @@
+"""The contract every notification channel implements."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from orchestrator.notifications.events import Alert, Message, Report
+
+
+class NotificationError(Exception):
+    """A send failed.
+
+    ``permanent`` errors (bad credentials, unknown channel, a deleted webhook) will fail again
+    the same way: they are not retried and they mark the channel with its last error. Other
+    errors (timeouts, 5xx, rate limits) are retried; ``retry_after`` carries the server's
+    ``Retry-After`` in seconds when it sent one. The message must never contain a secret: it
+    is stored, shown in the admin and logged.
+    """
+
+    def __init__(
+        self, message: str, *, permanent: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Channel:
+    """Base class of a channel kind (Slack, email, ...).
+
+    Subclasses set ``kind`` and ``label`` and implement :meth:`payload` and :meth:`notify`; they
+    are listed in :data:`orchestrator.notifications.registry.CHANNELS`. An instance wraps one
+    ``target`` (a webhook URL, a Slack channel, addresses...).
+
+    * :meth:`validate_target` checks a target when a channel is saved;
+    * :meth:`mask_target` is how the target is shown where secrets must not appear;
+    * :meth:`payload` builds what would be sent, without I/O, so it can be tested exactly;
+    * :meth:`notify` sends, returns nothing on success, and raises :class:`NotificationError`
+      on any failure (never another exception type).
+    """
+
+    kind: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+
+    def __init__(self, target: str) -> None:
+        self.target = (target or "").strip()
+
+    @classmethod
+    def validate_target(cls, target: str) -> None:
+        """Raise ``django.core.exceptions.ValidationError`` when ``target`` cannot work."""
+
+    @classmethod
+    def mask_target(cls, target: str) -> str:
+        """``target`` as it may be shown in the admin, errors and logs."""
+        return target
+
+    @property
+    def masked_target(self) -> str:
+        return self.mask_target(self.target)
+
+    def payload(self, message: Message) -> Any:
+        """What :meth:`notify` would send for ``message`` (an Alert or a Report)."""
+        raise NotImplementedError
+
+    def notify(self, message: Message) -> None:
+        """Send ``message``; raise :class:`NotificationError` when that fails."""
+        raise NotImplementedError
+
+
+__all__ = ["Alert", "Channel", "Message", "NotificationError", "Report"]

@@ -1,0 +1,425 @@
+"""The notification service: decide per channel, record the delivery, send it with retries.
+
+The dispatcher's signals call :func:`notify_run` in the worker that ran the task. It only reads
+and writes a few rows and queues a Celery message (on commit); the network is touched later by
+:func:`deliver`, in the delivery task, so a slow or dead Slack never delays or fails a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+)
+
+from orchestrator.conf import conf
+from orchestrator.models import (
+    AlertState,
+    Event,
+    NotificationChannel,
+    NotificationDelivery,
+    ScheduledTask,
+    TaskRun,
+)
+from orchestrator.notifications.base import Channel, NotificationError
+from orchestrator.notifications.email import EmailChannel
+from orchestrator.notifications.events import (
+    Message,
+    Report,
+    alert_from_run,
+    connection_test_alert,
+    message_from_dict,
+)
+from orchestrator.notifications.redact import redact
+from orchestrator.notifications.registry import UnknownChannelKind, get_channel
+from orchestrator.policies.alerts import Action, AlertDecision, AlertPolicy, DeliveryRetryPolicy
+from orchestrator.policies.alerts import AlertState as PolicyState
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RETRY_POLICY = DeliveryRetryPolicy()
+FAILED_STATUSES = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
+
+
+# --- choosing channels and deciding -------------------------------------------------------
+
+
+def channels_for(task: ScheduledTask, event: str) -> list[NotificationChannel]:
+    """Enabled channels of ``task`` subscribed to ``event``.
+
+    A task that selects no channel uses every enabled default channel; a task whose selected
+    channels are all disabled gets no alert (it chose them).
+    """
+    selected = list(task.notification_channels.all())
+    if not selected:
+        selected = list(NotificationChannel.objects.filter(enabled=True, is_default=True))
+    return [c for c in selected if c.enabled and event in (c.events or [])]
+
+
+def consecutive_failures(task: ScheduledTask) -> int:
+    """Final failures of ``task`` since its last success (the run being reported included)."""
+    runs = TaskRun.objects.filter(scheduled_task=task)
+    last_success = (
+        runs.filter(status=TaskRun.Status.SUCCEEDED)
+        .order_by("-started_at")
+        .values_list("started_at", flat=True)
+        .first()
+    )
+    failures = runs.filter(status__in=FAILED_STATUSES)
+    if last_success is not None:
+        failures = failures.filter(started_at__gt=last_success)
+    return max(failures.count(), 1)
+
+
+def policy_for(channel: NotificationChannel) -> AlertPolicy:
+    return AlertPolicy(
+        cooldown=float(channel.cooldown), alert_after_failures=channel.alert_after_failures
+    )
+
+
+def _snapshot(row: AlertState) -> PolicyState:
+    return PolicyState(
+        last_sent_at=row.last_sent_at,
+        suppressed_count=row.suppressed_count,
+        awaiting_recovery=row.awaiting_recovery,
+    )
+
+
+def _store(row: AlertState, state: PolicyState) -> None:
+    row.last_sent_at = state.last_sent_at
+    row.suppressed_count = state.suppressed_count
+    row.awaiting_recovery = state.awaiting_recovery
+    row.save(update_fields=["last_sent_at", "suppressed_count", "awaiting_recovery"])
+
+
+def _record(
+    channel: NotificationChannel, run: TaskRun, event: str, decision: AlertDecision
+) -> NotificationDelivery:
+    now = timezone.now()
+    send = decision.action is Action.SEND
+    status = NotificationDelivery.Status
+    return NotificationDelivery.objects.create(
+        channel=channel,
+        scheduled_task=run.scheduled_task,
+        task_run=run,
+        event=event,
+        status=status.PENDING if send else status.SUPPRESSED,
+        suppressed_count=decision.suppressed_count,
+        # For a suppressed delivery the "error" column says why it was held back.
+        error="" if send else f"Suppressed: {decision.reason}",
+        created_at=now,
+        finished_at=None if send else now,
+    )
+
+
+def notify_run(event: str, run: TaskRun) -> list[NotificationDelivery]:
+    """Apply each channel's alert policy to ``event`` about ``run``; queue the sends.
+
+    Returns the delivery rows written (pending ones are sent after the transaction commits).
+    """
+    if event == Event.RECOVERY:
+        return _notify_recovery(run)
+    task = run.scheduled_task
+    channels = channels_for(task, event)
+    if not channels:
+        return []
+    alert = alert_from_run(event, run)
+    in_a_row = 1
+    if event == Event.FAILURE and any(c.alert_after_failures > 1 for c in channels):
+        in_a_row = consecutive_failures(task)
+    now = timezone.now()
+    deliveries = []
+    with transaction.atomic():
+        for channel in channels:
+            # The row lock serialises workers failing the same task at the same moment, so a
+            # storm cannot slip two alerts through one cooldown.
+            row, _ = AlertState.objects.select_for_update().get_or_create(
+                channel=channel, scheduled_task=task, event=event
+            )
+            policy = policy_for(channel)
+            if event == Event.FAILURE:
+                decision = policy.on_failure(_snapshot(row), now, in_a_row)
+            else:
+                decision = policy.on_retry(_snapshot(row), now)
+            _store(row, decision.state)
+            delivery = _record(channel, run, event, decision)
+            deliveries.append(delivery)
+            if decision.action is Action.SEND:
+                enqueue(delivery.pk, alert.with_counts(decision.suppressed_count, in_a_row))
+    return deliveries
+
+
+def _notify_recovery(run: TaskRun) -> list[NotificationDelivery]:
+    task = run.scheduled_task
+    # The common case (a success with no alerted failure before it) costs this one query.
+    if not AlertState.objects.filter(
+        scheduled_task=task, event=Event.FAILURE, awaiting_recovery=True
+    ).exists():
+        return []
+    now = timezone.now()
+    deliveries = []
+    alert = None
+    with transaction.atomic():
+        rows = (
+            AlertState.objects.select_for_update()
+            .filter(scheduled_task=task, event=Event.FAILURE, awaiting_recovery=True)
+            .select_related("channel")
+        )
+        for row in rows:
+            channel = row.channel
+            decision = policy_for(channel).on_recovery(_snapshot(row), now)
+            _store(row, decision.state)
+            # Whoever was paged for the failure hears that it is over, if it listens for that.
+            if not channel.enabled or Event.RECOVERY not in (channel.events or []):
+                continue
+            if decision.action is not Action.SEND:
+                continue
+            alert = alert or alert_from_run(Event.RECOVERY, run)
+            delivery = _record(channel, run, Event.RECOVERY, decision)
+            deliveries.append(delivery)
+            enqueue(delivery.pk, alert)
+    return deliveries
+
+
+def enqueue(delivery_id: int, message: Message) -> None:
+    """Queue the delivery task once the current transaction commits."""
+    data = message.to_dict()
+
+    def publish() -> None:
+        from orchestrator.notifications.tasks import deliver_notification
+
+        options = {"queue": conf.NOTIFICATION_QUEUE} if conf.NOTIFICATION_QUEUE else {}
+        try:
+            deliver_notification.apply_async(args=[delivery_id, data], **options)
+        except Exception as err:
+            logger.exception("Could not queue notification delivery %s", delivery_id)
+            NotificationDelivery.objects.filter(pk=delivery_id).update(
+                status=NotificationDelivery.Status.FAILED,
+                error=f"Could not queue the delivery: {type(err).__name__}",
+                finished_at=timezone.now(),
+            )
+
+    transaction.on_commit(publish, robust=True)
+
+
+# --- sending -------------------------------------------------------------------------------
+
+
+def _is_transient(err: BaseException) -> bool:
+    return isinstance(err, NotificationError) and not err.permanent
+
+
+def _wait(policy: DeliveryRetryPolicy) -> Callable[[RetryCallState], float]:
+    def wait(state: RetryCallState) -> float:
+        err = state.outcome.exception() if state.outcome else None
+        return policy.delay_for(state.attempt_number, getattr(err, "retry_after", None))
+
+    return wait
+
+
+@dataclass
+class SendResult:
+    attempts: int
+    error: NotificationError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def send_with_retries(
+    channel: Channel,
+    message: Message,
+    *,
+    policy: DeliveryRetryPolicy | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    label: str = "",
+) -> SendResult:
+    """Send ``message`` through ``channel``, retrying transient errors per ``policy``."""
+    policy = policy or DEFAULT_RETRY_POLICY
+    attempts = 0
+
+    def attempt() -> None:
+        nonlocal attempts
+        attempts += 1
+        try:
+            channel.notify(message)
+        except NotificationError:
+            raise
+        except Exception as err:
+            # A bug in a channel class: retrying cannot help, and its text may hold anything.
+            logger.exception("Channel %s raised %s", channel.kind, type(err).__name__)
+            raise NotificationError(
+                f"Unexpected {type(err).__name__} in the {channel.kind} channel", permanent=True
+            ) from None
+
+    def before_sleep(state: RetryCallState) -> None:
+        err = state.outcome.exception() if state.outcome else None
+        logger.warning(
+            "Notification %s to %s %s failed on attempt %d, retrying in %.1fs: %s",
+            label or message.event,
+            channel.kind,
+            channel.masked_target,
+            state.attempt_number,
+            state.upcoming_sleep,
+            err,
+        )
+
+    retrying = Retrying(
+        stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_seconds),
+        wait=_wait(policy),
+        retry=retry_if_exception(_is_transient),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        retrying(attempt)
+    except NotificationError as err:
+        return SendResult(attempts=attempts, error=err)
+    return SendResult(attempts=attempts)
+
+
+def _secrets(channel: Channel) -> list[str]:
+    return [channel.target, conf.SLACK_BOT_TOKEN] if channel.kind == "slack" else []
+
+
+def mark_channel_error(channel: NotificationChannel, error: str) -> None:
+    NotificationChannel.objects.filter(pk=channel.pk).update(
+        last_error=error, last_error_at=timezone.now()
+    )
+
+
+def deliver(
+    delivery_id: int,
+    data: dict,
+    *,
+    policy: DeliveryRetryPolicy | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Send a pending delivery and record the outcome; return its final status.
+
+    A delivery that is no longer pending (a redelivered Celery message) is not sent again.
+    """
+    delivery = NotificationDelivery.objects.select_related("channel").filter(pk=delivery_id).first()
+    if delivery is None:
+        return "missing"
+    if delivery.status != NotificationDelivery.Status.PENDING:
+        return str(delivery.status)
+    row = delivery.channel
+    if not row.enabled:
+        return _finish(delivery, 0, "Channel disabled before the alert was sent")
+    try:
+        channel = get_channel(row.kind, row.target)
+    except UnknownChannelKind as err:
+        return _finish(delivery, 0, str(err))
+    message = message_from_dict(data)
+    result = send_with_retries(
+        channel, message, policy=policy, sleep=sleep, label=f"delivery {delivery_id}"
+    )
+    if result.ok:
+        return _finish(delivery, result.attempts)
+    assert result.error is not None
+    error = redact(result.error.message, _secrets(channel))
+    if result.error.permanent:
+        mark_channel_error(row, error)
+    logger.error(
+        "Notification delivery %s to %s %s failed after %d attempt(s): %s",
+        delivery_id,
+        row.kind,
+        channel.masked_target,
+        result.attempts,
+        error,
+    )
+    return _finish(delivery, result.attempts, error)
+
+
+def _finish(delivery: NotificationDelivery, attempts: int, error: str = "") -> str:
+    now = timezone.now()
+    delivery.attempts = attempts
+    delivery.finished_at = now
+    if error:
+        delivery.status = NotificationDelivery.Status.FAILED
+        delivery.error = error
+    else:
+        delivery.status = NotificationDelivery.Status.SENT
+        delivery.sent_at = now
+    delivery.save(update_fields=["attempts", "finished_at", "status", "error", "sent_at"])
+    return str(delivery.status)
+
+
+def send_test(row: NotificationChannel) -> None:
+    """Send a test message through ``row`` once, now; raise NotificationError on failure.
+
+    The outcome is stored on the channel: an error becomes its last error, a success clears it.
+    """
+    channel = get_channel(row.kind, row.target)
+    result = send_with_retries(
+        channel,
+        connection_test_alert(),
+        policy=DeliveryRetryPolicy(max_attempts=1),
+        label="test",
+    )
+    if result.error is not None:
+        error = redact(result.error.message, _secrets(channel))
+        mark_channel_error(row, error)
+        raise NotificationError(error, permanent=result.error.permanent)
+    NotificationChannel.objects.filter(pk=row.pk).update(last_error="", last_error_at=None)
+
+
+@dataclass
+class ReportOutcome:
+    destination: str
+    status: str
+    error: str = ""
+
+
+def report_channels() -> list[NotificationChannel]:
+    return [
+        c
+        for c in NotificationChannel.objects.filter(enabled=True)
+        if Event.REPORT in (c.events or [])
+    ]
+
+
+def send_report(
+    report: Report,
+    *,
+    channels: Iterable[NotificationChannel] | None = None,
+    to: Iterable[str] = (),
+    policy: DeliveryRetryPolicy | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[ReportOutcome]:
+    """Send ``report`` now: to ``channels`` (default: those subscribed to "report"), each
+    recorded in the delivery log, and to the addresses in ``to``."""
+    outcomes = []
+    for row in report_channels() if channels is None else channels:
+        delivery = NotificationDelivery.objects.create(
+            channel=row, event=Event.REPORT, status=NotificationDelivery.Status.PENDING
+        )
+        status = deliver(delivery.pk, report.to_dict(), policy=policy, sleep=sleep)
+        delivery.refresh_from_db(fields=["error"])
+        outcomes.append(ReportOutcome(row.name, status, delivery.error))
+    addresses = [a for a in to if a]
+    if addresses:
+        result = send_with_retries(
+            EmailChannel(", ".join(addresses)), report, policy=policy, sleep=sleep, label="report"
+        )
+        outcomes.append(
+            ReportOutcome(
+                ", ".join(addresses),
+                "sent" if result.ok else "failed",
+                result.error.message if result.error else "",
+            )
+        )
+    return outcomes

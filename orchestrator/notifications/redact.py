@@ -1,0 +1,72 @@
+"""Keep webhook URLs and tokens out of admin pages, stored errors and logs."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+# Slack tokens (xoxb-, xoxp-, xapp-...), webhook paths and bearer headers, wherever they appear.
+_PATTERNS = [
+    re.compile(r"\bxox[a-z]-[A-Za-z0-9-]+"),
+    re.compile(r"\bxapp-[A-Za-z0-9-]+"),
+    re.compile(r"(/services/)[^\s'\"<>,)]+"),
+    re.compile(r"(Bearer\s+)[^\s'\",}]+", re.IGNORECASE),
+]
+MASK = "********"
+
+
+def mask_url(url: str) -> str:
+    """``https://hooks.slack.com/services/T0/B0/abcd1234`` -> ``https://hooks.slack.com/…1234``."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return mask_secret(url)
+    tail = url.rstrip("/")[-4:]
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}/…{tail}"
+
+
+def mask_secret(value: str) -> str:
+    """Show at most the last 4 characters of a secret, and only of a long one."""
+    if len(value) < 16:
+        return MASK
+    return f"…{value[-4:]}"
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with the given secrets and anything shaped like a Slack secret masked."""
+    for secret in sorted((s for s in secrets if s and len(s) >= 6), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + MASK, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks secrets in the final message of every record it sees."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = None
+        return True
+
+
+def sdk_logger() -> logging.Logger:
+    """The logger handed to slack-sdk clients.
+
+    slack-sdk formats its DEBUG lines (which contain the webhook URL) only when the logger's
+    *own* level is DEBUG or unset: an explicit INFO level skips them, and the filter masks
+    whatever an operator re-enables.
+    """
+    logger = logging.getLogger("orchestrator.notifications.slack_sdk")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())
+    return logger

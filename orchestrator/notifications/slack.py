@@ -1,0 +1,292 @@
+"""Slack: an incoming webhook, or ``chat.postMessage`` with the bot token from settings."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ValidationError
+from slack_sdk import WebClient, WebhookClient
+from slack_sdk.errors import SlackApiError, SlackClientError, SlackRequestError
+
+from orchestrator.conf import conf
+from orchestrator.notifications import messages
+from orchestrator.notifications.base import Channel, NotificationError
+from orchestrator.notifications.events import TEST_EVENT, Alert, Message, Report, truncate
+from orchestrator.notifications.redact import mask_url, redact, sdk_logger
+
+HTTP_TIMEOUT = 10  # seconds per request; the delivery policy bounds the total
+HEADER_CHARS = 150  # Block Kit's limit for a header's text
+SECTION_CHARS = 3000
+REPORT_ROWS = 10
+
+# API errors worth retrying; any other error of an ``ok: false`` answer will fail the same way
+# next time (invalid_auth, channel_not_found, not_in_channel, is_archived, invalid_blocks...).
+TRANSIENT_API_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
+EMOJI = {
+    "failure": ":red_circle:",
+    "retry": ":large_yellow_circle:",
+    "recovery": ":large_green_circle:",
+    "report": ":bar_chart:",
+    TEST_EVENT: ":wave:",
+}
+_CHANNEL = re.compile(r"^#?[a-z0-9][a-z0-9._-]{0,79}$|^[CGDU][A-Z0-9]{6,}$")
+_ERROR_CODE = re.compile(r"^[a-z_]{1,60}$")
+
+
+def escape(text: str) -> str:
+    """Escape the three characters Slack's mrkdwn treats as markup."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _code(text: str) -> str:
+    # A ``` inside the error text would close the code block early.
+    return "```" + escape(text).replace("```", "'''") + "```"
+
+
+def _header(text: str) -> dict[str, Any]:
+    return {
+        "type": "header",
+        "text": {"type": "plain_text", "text": truncate(text, HEADER_CHARS), "emoji": True},
+    }
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": truncate(text, SECTION_CHARS)}}
+
+
+def _button(text: str, url: str) -> dict[str, Any]:
+    return {
+        "type": "actions",
+        "elements": [{"type": "button", "text": {"type": "plain_text", "text": text}, "url": url}],
+    }
+
+
+def alert_blocks(alert: Alert) -> list[dict[str, Any]]:
+    """The Block Kit blocks of an alert."""
+    blocks: list[dict[str, Any]] = [
+        _header(f"{EMOJI.get(alert.event, '')} {messages.headline(alert)}".strip()),
+        _section(escape(messages.summary(alert))),
+    ]
+    if facts := messages.fields(alert):
+        blocks.append(
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": f"*{label}*\n{escape(value)}"}
+                    for label, value in facts[:10]  # Block Kit allows 10 fields per section
+                ],
+            }
+        )
+    if alert.error_type or alert.error_message:
+        kind = messages.one_line(alert.error_type) or "Error"
+        text = f"*{escape(kind)}*"
+        if alert.error_message:
+            text += "\n" + _code(alert.error_message)
+        blocks.append(_section(text))
+    if note := messages.suppressed_note(alert):
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": note}]})
+    if alert.run_url:
+        blocks.append(_button("View run", alert.run_url))
+    return blocks
+
+
+def report_blocks(report: Report) -> list[dict[str, Any]]:
+    """The Block Kit blocks of a failure report (the worst tasks first)."""
+    blocks: list[dict[str, Any]] = [
+        _header(f"{EMOJI['report']} {messages.report_headline(report)}"),
+        _section(
+            f"{messages.format_time(report.since)} to {messages.format_time(report.until)}: "
+            f"{report.total_failures} failed of {report.total_runs} runs."
+        ),
+    ]
+    for row in report.rows[:REPORT_ROWS]:
+        name = escape(messages.one_line(row.task_name))
+        title = f"*<{row.url}|{name}>*" if row.url else f"*{name}*"
+        text = (
+            f"{title}\n{row.failures} of {row.runs} runs failed "
+            f"({messages.percent(row.failure_rate)}), {row.retries} retries"
+        )
+        if row.last_error:
+            error = escape(truncate(messages.one_line(row.last_error), 200)).replace("`", "'")
+            text += f"\nLast error {messages.format_time(row.last_error_at)}: `{error}`"
+        blocks.append(_section(text))
+    if len(report.rows) > REPORT_ROWS:
+        more = len(report.rows) - REPORT_ROWS
+        blocks.append(
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": f"... and {more} more"}]}
+        )
+    return blocks
+
+
+def report_text(report: Report) -> str:
+    return "\n".join(
+        [messages.report_headline(report), *messages.report_text_lines(report, REPORT_ROWS)]
+    )
+
+
+def _header_value(headers: Mapping[str, Any] | None, name: str) -> str | None:
+    for key, value in (headers or {}).items():
+        if key.lower() == name.lower():
+            return str(value[0] if isinstance(value, list | tuple) else value)
+    return None
+
+
+def retry_after(headers: Mapping[str, Any] | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (Slack sends whole seconds), or None."""
+    value = _header_value(headers, "Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def webhook_error(
+    status: int, body: str, headers: Mapping[str, Any] | None = None
+) -> NotificationError | None:
+    """Classify an incoming-webhook answer: None when it is Slack's ``200 ok``."""
+    body = (body or "").strip()
+    if status == 200 and body == "ok":
+        return None
+    # Slack answers errors with a short code ("invalid_payload", "no_service"); anything else
+    # (an HTML error page) is not worth storing.
+    code = body if _ERROR_CODE.match(body) else ""
+    detail = f"Slack webhook answered HTTP {status}" + (f" {code}" if code else "")
+    if status == 429:
+        return NotificationError(detail + " (rate limited)", retry_after=retry_after(headers))
+    if status >= 500:
+        return NotificationError(detail)
+    if status == 404:
+        # The webhook was deleted or its app uninstalled: it will never work again.
+        return NotificationError(detail + " (webhook not found)", permanent=True)
+    if 400 <= status < 500:
+        return NotificationError(detail, permanent=True)
+    return NotificationError(detail)
+
+
+def api_error(
+    status: int, error: str, headers: Mapping[str, Any] | None = None
+) -> NotificationError:
+    """Classify a failed Web API call from its HTTP status and its ``error`` code."""
+    code = error if _ERROR_CODE.match(error or "") else ""
+    detail = f"Slack chat.postMessage failed: HTTP {status}" + (f", error {code}" if code else "")
+    if status == 429 or code == "ratelimited":
+        return NotificationError(detail + " (rate limited)", retry_after=retry_after(headers))
+    if status >= 500 or code in TRANSIENT_API_ERRORS:
+        return NotificationError(detail)
+    return NotificationError(detail, permanent=True)
+
+
+class SlackChannel(Channel):
+    """Posts Block Kit messages to a webhook URL, or to a channel with the bot token.
+
+    Retries are left to the delivery policy: the SDK's own retry handlers are switched off
+    (its rate-limit handler would sleep the whole ``Retry-After`` inside the call).
+    """
+
+    kind = "slack"
+    label = "Slack"
+
+    @property
+    def is_webhook(self) -> bool:
+        return self.target.startswith(("https://", "http://"))
+
+    @classmethod
+    def validate_target(cls, target: str) -> None:
+        target = (target or "").strip()
+        if target.startswith(("https://", "http://")):
+            parts = urlsplit(target)
+            if not parts.hostname or len(parts.path) < 2 or any(c.isspace() for c in target):
+                raise ValidationError(
+                    {
+                        "target": "Enter the full incoming-webhook URL Slack gave you, such as "
+                        "https://hooks.slack.com/services/T000/B000/XXXX."
+                    }
+                )
+            return
+        if not _CHANNEL.match(target):
+            raise ValidationError(
+                {
+                    "target": "Enter an incoming-webhook URL, or a channel name such as #alerts "
+                    "or a channel ID such as C0123456789."
+                }
+            )
+
+    @classmethod
+    def mask_target(cls, target: str) -> str:
+        if target.startswith(("https://", "http://")):
+            return mask_url(target)
+        return target
+
+    def _secrets(self) -> list[str]:
+        secrets = [conf.SLACK_BOT_TOKEN]
+        if self.is_webhook:
+            secrets.append(self.target)
+            secrets.append(urlsplit(self.target).path)
+        return secrets
+
+    def payload(self, message: Message) -> dict[str, Any]:
+        if isinstance(message, Report):
+            body: dict[str, Any] = {"text": report_text(message), "blocks": report_blocks(message)}
+        else:
+            body = {"text": messages.fallback_text(message), "blocks": alert_blocks(message)}
+        if not self.is_webhook:
+            return {"channel": self.target, **body}
+        return body
+
+    def notify(self, message: Message) -> None:
+        payload = self.payload(message)
+        try:
+            if self.is_webhook:
+                self._send_webhook(payload)
+            else:
+                self._post_message(payload)
+        except NotificationError:
+            raise
+        except SlackRequestError as err:
+            raise NotificationError(
+                f"Slack request refused before sending: {redact(str(err), self._secrets())}",
+                permanent=True,
+            ) from None
+        except (SlackClientError, OSError) as err:
+            # URLError, timeouts, refused connections: the network, not the message.
+            reason = getattr(err, "reason", None) or err
+            raise NotificationError(
+                f"Slack unreachable: {type(err).__name__}: {redact(str(reason), self._secrets())}"
+            ) from None
+
+    def _send_webhook(self, payload: dict[str, Any]) -> None:
+        client = WebhookClient(
+            self.target, timeout=HTTP_TIMEOUT, logger=sdk_logger(), retry_handlers=[]
+        )
+        response = client.send_dict(payload)
+        if error := webhook_error(response.status_code, response.body, response.headers):
+            raise error
+
+    def _post_message(self, payload: dict[str, Any]) -> None:
+        token = conf.SLACK_BOT_TOKEN
+        if not token:
+            raise NotificationError(
+                'Slack bot token missing: set ORCHESTRATOR["SLACK_BOT_TOKEN"] or '
+                "$ORCHESTRATOR_SLACK_BOT_TOKEN, or use an incoming-webhook URL as the target.",
+                permanent=True,
+            )
+        client = WebClient(
+            token=token,
+            base_url=conf.SLACK_API_URL,
+            timeout=HTTP_TIMEOUT,
+            logger=sdk_logger(),
+            retry_handlers=[],
+        )
+        try:
+            client.chat_postMessage(**payload)
+        except SlackApiError as err:
+            response = err.response
+            data = response.data if isinstance(response.data, dict) else {}
+            raise api_error(
+                response.status_code, str(data.get("error", "")), response.headers
+            ) from None
