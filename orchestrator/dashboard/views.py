@@ -1,0 +1,210 @@
+"""Dashboard pages and actions: thin adapters over the models and ``stats``.
+
+Every page is staff only (anonymous users go to the admin login) and needs the permission to view
+scheduled tasks; Run now needs ``orchestrator.run_scheduledtask`` and Enable/Disable the change
+permission, exactly as in the admin. Actions are plain POST forms with CSRF tokens, so everything
+works without JavaScript; they answer with a redirect back to the page they came from.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_GET, require_POST
+
+from orchestrator import charts
+from orchestrator.dashboard import stats
+from orchestrator.dashboard.display import mask_target
+from orchestrator.models import NotificationChannel, ScheduledTask, TaskRun
+
+logger = logging.getLogger(__name__)
+
+VIEW_PERMS = ("orchestrator.view_scheduledtask", "orchestrator.change_scheduledtask")
+RUN_PERM = "orchestrator.run_scheduledtask"
+CHANGE_PERM = "orchestrator.change_scheduledtask"
+RUNS_PER_PAGE = 50
+RETRY_DELAYS_SHOWN = 5
+
+
+def can_view(user: Any) -> bool:
+    # The admin lets a user with the change permission view too; so does the dashboard.
+    return any(user.has_perm(perm) for perm in VIEW_PERMS)
+
+
+def _require(request: HttpRequest, allowed: bool) -> None:
+    if not allowed:
+        raise PermissionDenied
+
+
+def _admin_url(name: str, *args: Any) -> str | None:
+    # The dashboard works in projects that do not mount the admin; links then just disappear.
+    try:
+        return reverse(f"admin:{name}", args=args)
+    except NoReverseMatch:
+        return None
+
+
+def _back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        target = fallback
+    return HttpResponseRedirect(target)
+
+
+@require_GET
+@staff_member_required
+def overview(request: HttpRequest) -> HttpResponse:
+    """Every scheduled task with its state, schedule, last run, success rate and recent runs."""
+    _require(request, can_view(request.user))
+    filters = stats.Filters(
+        category=request.GET.get("category", ""),
+        queue=request.GET.get("queue", ""),
+        status=request.GET.get("status", ""),
+        enabled=request.GET.get("enabled", ""),
+    )
+    now = timezone.now()
+    tasks = list(stats.overview_tasks(filters))
+    ids = [task.pk for task in tasks]
+    rates = stats.success_rates(ids, now=now)
+    recent = stats.recent_runs(ids, now=now)
+    labels = dict(TaskRun.Status.choices)
+    rows = [
+        {
+            "task": task,
+            "runnable": task.is_runnable,
+            "schedule": task.describe_schedule(),
+            "next_run": task.next_run_at(now),
+            "last_status": task.last_run_status,
+            "last_status_label": labels.get(task.last_run_status or "", ""),
+            "last_run_at": task.last_run_at,
+            "rate": rates.get(task.pk, stats.SuccessRate(0, 0)),
+            "chart": mark_safe(charts.sparkline(recent.get(task.pk, []))),
+        }
+        for task in tasks
+    ]
+    context = {
+        "rows": rows,
+        "filters": filters,
+        "choices": stats.filter_choices(),
+        "status_choices": [*TaskRun.Status.choices, (stats.NEVER_RUN, "Never run")],
+        "failures": list(stats.recent_failures(stats.overview_tasks(filters))),
+        "can_run": request.user.has_perm(RUN_PERM),
+        "can_change": request.user.has_perm(CHANGE_PERM),
+        "admin_url": _admin_url("orchestrator_scheduledtask_changelist"),
+        "now": now,
+    }
+    return render(request, "orchestrator/dashboard.html", context)
+
+
+@require_GET
+@staff_member_required
+def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One task: its run history (paginated), chart, retry policy, channels and admin links."""
+    _require(request, can_view(request.user))
+    task = get_object_or_404(ScheduledTask.objects.select_related("task_definition"), pk=pk)
+    now = timezone.now()
+    runs = TaskRun.objects.filter(scheduled_task=task).order_by("-started_at", "-id")
+    page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    page.object_list = list(page.object_list)
+    for run in page.object_list:
+        run.duration_display = charts.format_seconds(
+            run.duration.total_seconds() if run.duration is not None else None
+        )
+    policy = task.retry_policy()
+    delays = policy.schedule()
+    channels = list(task.notification_channels.all())
+    uses_defaults = not channels
+    if uses_defaults:
+        channels = list(NotificationChannel.objects.filter(enabled=True, is_default=True))
+    context = {
+        "task": task,
+        "runnable": task.is_runnable,
+        "schedule": task.describe_schedule(),
+        "next_run": task.next_run_at(now),
+        "rate": stats.task_success_rate(task, now=now),
+        "page": page,
+        "chart": mark_safe(charts.duration_chart(stats.task_history_points(task))),
+        "policy": policy,
+        "retry_delays": [charts.format_seconds(d) for d in delays[:RETRY_DELAYS_SHOWN]],
+        "more_retries": max(len(delays) - RETRY_DELAYS_SHOWN, 0),
+        "channels": [
+            {"channel": channel, "target": mask_target(channel.target)} for channel in channels
+        ],
+        "uses_default_channels": uses_defaults,
+        "can_run": request.user.has_perm(RUN_PERM),
+        "can_change": request.user.has_perm(CHANGE_PERM),
+        "admin_task_url": _admin_url("orchestrator_scheduledtask_change", task.pk),
+        "admin_definition_url": _admin_url(
+            "orchestrator_taskdefinition_change", task.task_definition_id
+        ),
+        "admin_runs_url": _admin_url("orchestrator_taskrun_changelist"),
+        "now": now,
+    }
+    return render(request, "orchestrator/task_detail.html", context)
+
+
+@require_POST
+@staff_member_required
+def run_now(request: HttpRequest, pk: int) -> HttpResponseRedirect:
+    """Send one run of the task to the workers now (trigger "manual")."""
+    _require(request, can_view(request.user) and request.user.has_perm(RUN_PERM))
+    task = get_object_or_404(ScheduledTask.objects.select_related("task_definition"), pk=pk)
+    fallback = reverse("orchestrator:task-detail", args=[task.pk])
+    try:
+        result = task.run_now(trigger=TaskRun.Trigger.MANUAL)
+    except Exception as err:  # the broker being down must not become a 500 page
+        logger.exception("Run now of scheduled task %s (%s) failed", task.pk, task.name)
+        messages.error(request, f"Could not send “{task}” to the workers: {type(err).__name__}.")
+        return _back(request, fallback)
+    note = "" if task.is_runnable else " It is disabled, so the worker will record it as skipped."
+    messages.success(request, f"“{task}” was sent to the workers (Celery task {result.id}).{note}")
+    return _back(request, fallback)
+
+
+def _set_enabled(request: HttpRequest, pk: int, enabled: bool) -> HttpResponseRedirect:
+    _require(request, request.user.has_perm(CHANGE_PERM))
+    task = get_object_or_404(ScheduledTask, pk=pk)
+    fallback = reverse("orchestrator:task-detail", args=[task.pk])
+    if task.enabled != enabled:
+        task.enabled = enabled
+        try:
+            # A normal save: beat_sync's post_save receiver updates beat's PeriodicTask in the
+            # same transaction, so the flag and beat change together or not at all.
+            with transaction.atomic():
+                task.save()
+        except Exception as err:
+            logger.exception("Setting enabled=%s on scheduled task %s failed", enabled, task.pk)
+            messages.error(
+                request, f"Nothing changed: updating beat failed ({type(err).__name__})."
+            )
+            return _back(request, fallback)
+    messages.success(request, f"“{task}” is {'enabled' if enabled else 'disabled'}.")
+    return _back(request, fallback)
+
+
+@require_POST
+@staff_member_required
+def enable(request: HttpRequest, pk: int) -> HttpResponseRedirect:
+    """Enable the task (its beat entry follows through the model's save)."""
+    return _set_enabled(request, pk, True)
+
+
+@require_POST
+@staff_member_required
+def disable(request: HttpRequest, pk: int) -> HttpResponseRedirect:
+    """Disable the task (its beat entry follows through the model's save)."""
+    return _set_enabled(request, pk, False)
