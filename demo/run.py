@@ -174,6 +174,11 @@ class Child:
     def returncode(self) -> int | None:
         return self.process.poll()
 
+    def terminate(self) -> None:
+        """Ask the process itself to stop; a Celery worker then shuts down its own pool."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+
     def signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, sig)
@@ -257,7 +262,9 @@ class Supervisor:
         if alive:
             self.echo(f"Stopping {', '.join(child.name for child in alive)}...")
         for child in alive:
-            child.signal_group(signal.SIGTERM)
+            # Not the whole group: SIGTERM to a worker's pool processes would kill running jobs
+            # instead of the warm shutdown that lets them finish.
+            child.terminate()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         while time.monotonic() < deadline and any(c.returncode() is None for c in alive):
             time.sleep(0.2)

@@ -112,7 +112,8 @@ SPECTACULAR_SETTINGS = {"TITLE": "orchestrator demo API", "VERSION": "0.1.0"}
 # Celery. Without CELERY_BROKER_URL the demo needs no server: kombu's filesystem transport passes
 # messages between processes as files in DEMO_DIR/broker (it has no message priorities).
 BROKER_DIR = DEMO_DIR / "broker"
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
+# The filesystem transport ignores the host; naming one silences a kombu warning.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://localhost//"
 if CELERY_BROKER_URL.startswith("filesystem"):
     for folder in ("queue", "processed", "control"):
         # Created here rather than in run.py so a worker started by hand finds them too.
