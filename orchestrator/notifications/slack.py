@@ -44,8 +44,8 @@ def escape(text: str) -> str:
 
 
 def _code(text: str) -> str:
-    # A ``` inside the error text would close the code block early.
-    return "```" + escape(text).replace("```", "'''") + "```"
+    # A backtick inside the error text would close the code block early.
+    return "```" + escape(text).replace("`", "'") + "```"
 
 
 def _header(text: str) -> dict[str, Any]:
@@ -231,9 +231,15 @@ class SlackChannel(Channel):
 
     def payload(self, message: Message) -> dict[str, Any]:
         if isinstance(message, Report):
-            body: dict[str, Any] = {"text": report_text(message), "blocks": report_blocks(message)}
+            body: dict[str, Any] = {
+                "text": escape(report_text(message)),
+                "blocks": report_blocks(message),
+            }
         else:
-            body = {"text": messages.fallback_text(message), "blocks": alert_blocks(message)}
+            body = {
+                "text": escape(messages.fallback_text(message)),
+                "blocks": alert_blocks(message),
+            }
         if not self.is_webhook:
             return {"channel": self.target, **body}
         return body

@@ -1,0 +1,171 @@
+"""Admin for notification channels (secrets masked, a test action) and the delivery log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from orchestrator.models import Event, NotificationChannel, NotificationDelivery
+from orchestrator.notifications.base import NotificationError
+from orchestrator.notifications.delivery import send_test
+from orchestrator.notifications.events import truncate
+from orchestrator.notifications.registry import UnknownChannelKind, channel_class
+
+
+def masked_target(channel: NotificationChannel) -> str:
+    try:
+        return channel_class(channel.kind).mask_target(channel.target)
+    except UnknownChannelKind:
+        return "********"
+
+
+class NotificationChannelForm(forms.ModelForm):
+    """Shows a webhook URL masked; leaving the masked value untouched keeps the stored one."""
+
+    events = forms.MultipleChoiceField(
+        choices=Event.choices,
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="Events sent to this channel.",
+    )
+
+    class Meta:
+        model = NotificationChannel
+        fields = [
+            "name",
+            "kind",
+            "target",
+            "events",
+            "enabled",
+            "is_default",
+            "cooldown",
+            "alert_after_failures",
+        ]
+        widgets = {"target": forms.TextInput(attrs={"size": 80, "autocomplete": "off"})}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._masked = ""
+        if self.instance.pk and self.instance.target:
+            masked = masked_target(self.instance)
+            if masked != self.instance.target:
+                self._masked = masked
+                self.initial["target"] = masked
+                self.fields["target"].help_text = (
+                    "Stored and hidden. Leave as is to keep it, or paste a new URL to replace it. "
+                    + str(self.fields["target"].help_text)
+                )
+
+    def clean_target(self) -> str:
+        value = (self.cleaned_data.get("target") or "").strip()
+        if self._masked and value == self._masked:
+            return self.instance.target
+        return value
+
+
+@admin.register(NotificationChannel)
+class NotificationChannelAdmin(admin.ModelAdmin):
+    form = NotificationChannelForm
+    list_display = [
+        "name",
+        "kind",
+        "target_display",
+        "events_display",
+        "enabled",
+        "is_default",
+        "cooldown",
+        "alert_after_failures",
+        "last_error_display",
+    ]
+    list_filter = ["kind", "enabled", "is_default"]
+    search_fields = ["name"]
+    readonly_fields = ["last_error", "last_error_at", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "kind", "target", "enabled", "is_default"]}),
+        ("What is sent", {"fields": ["events", "cooldown", "alert_after_failures"]}),
+        ("Health", {"fields": ["last_error", "last_error_at", "created_at", "updated_at"]}),
+    ]
+    actions = ["send_test_notification"]
+
+    @admin.display(description="target")
+    def target_display(self, obj: NotificationChannel) -> str:
+        return masked_target(obj)
+
+    @admin.display(description="events")
+    def events_display(self, obj: NotificationChannel) -> str:
+        return ", ".join(obj.events or []) or "-"
+
+    @admin.display(description="last error", ordering="last_error_at")
+    def last_error_display(self, obj: NotificationChannel) -> str:
+        if not obj.last_error:
+            return "-"
+        when = obj.last_error_at.strftime("%Y-%m-%d %H:%M") if obj.last_error_at else ""
+        return format_html(
+            '<span title="{}">{}: {}</span>', obj.last_error, when, truncate(obj.last_error, 60)
+        )
+
+    @admin.action(description="Send test notification")
+    def send_test_notification(
+        self, request: HttpRequest, queryset: QuerySet[NotificationChannel]
+    ) -> None:
+        for channel in queryset:
+            try:
+                send_test(channel)
+            except NotificationError as err:
+                self.message_user(
+                    request, f"{channel.name}: test notification failed: {err}", messages.ERROR
+                )
+            else:
+                self.message_user(
+                    request, f"{channel.name}: test notification sent.", messages.SUCCESS
+                )
+
+
+@admin.register(NotificationDelivery)
+class NotificationDeliveryAdmin(admin.ModelAdmin):
+    """The delivery log: read-only, one row per alert per channel."""
+
+    list_display = [
+        "created_at",
+        "event",
+        "channel",
+        "scheduled_task",
+        "status",
+        "attempts",
+        "suppressed_count",
+        "error_display",
+        "sent_at",
+    ]
+    list_filter = ["status", "event", "channel", "created_at"]
+    list_select_related = ["channel", "scheduled_task"]
+    search_fields = ["scheduled_task__name", "channel__name", "error"]
+    date_hierarchy = "created_at"
+    fields = [
+        "created_at",
+        "channel",
+        "event",
+        "scheduled_task",
+        "task_run",
+        "status",
+        "attempts",
+        "suppressed_count",
+        "error",
+        "sent_at",
+        "finished_at",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description="error or reason")
+    def error_display(self, obj: NotificationDelivery) -> str:
+        return truncate(obj.error, 80) or "-"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
