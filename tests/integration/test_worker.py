@@ -1,0 +1,123 @@
+"""The dispatcher behind a real Celery worker, a real Redis broker and PostgreSQL.
+
+Each test starts its own worker subprocess (see conftest.py) and drives it only through the
+broker, as beat and the admin do; assertions read the run history the worker wrote.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+import tests.celery_app  # noqa: F401  (makes the test project's app current for enqueue())
+from orchestrator.dispatcher import enqueue
+from orchestrator.models import TaskRun
+from tests.integration.conftest import wait_until
+from tests.utils import make_scheduled_task
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def finished_runs(task_id: int, count: int) -> list[TaskRun] | None:
+    """The task's runs by attempt once ``count`` of them exist and none is still running."""
+    runs = list(TaskRun.objects.filter(scheduled_task_id=task_id).order_by("attempt", "id"))
+    if len(runs) >= count and all(r.status != TaskRun.Status.RUNNING for r in runs):
+        return runs
+    return None
+
+
+def test_a_flaky_task_is_retried_through_the_broker_then_succeeds(
+    start_worker, scratch_dir: Path
+) -> None:
+    counter = scratch_dir / "calls"
+    task = make_scheduled_task(
+        "flaky",
+        "tests.sample_tasks.flaky",
+        kwargs={"counter_file": str(counter), "failures": 2},
+        max_retries=3,
+        retry_backoff="fixed",
+        retry_delay=1,
+    )
+    worker = start_worker()
+
+    enqueue(task, trigger="manual")
+    runs = wait_until(lambda: finished_runs(task.pk, 3), timeout=30)
+
+    assert [(r.attempt, r.status) for r in runs] == [
+        (1, "retried"),
+        (2, "retried"),
+        (3, "succeeded"),
+    ]
+    assert counter.read_text() == "3"  # one call per attempt, one row per call
+    assert runs[2].result == "succeeded after 3 calls"
+    assert [r.error_type for r in runs[:2]] == ["ConnectionError", "ConnectionError"]
+    # The configured delay separates the attempts: the broker held the retry, not the worker.
+    for earlier, later in itertools.pairwise(runs):
+        assert earlier.next_retry_at is not None
+        assert (later.started_at - earlier.started_at).total_seconds() >= 1.0
+        assert later.started_at >= earlier.next_retry_at
+    assert len({r.celery_task_id for r in runs}) == 1
+    assert {(r.trigger, r.queue, r.max_attempts) for r in runs} == {("manual", "celery", 4)}
+    assert all(r.worker.startswith("w") for r in runs)
+    assert "Retry in 1.0s" in worker.log()
+
+
+def test_an_always_failing_task_fails_after_max_retries_plus_one_attempts(start_worker) -> None:
+    task = make_scheduled_task(
+        "doomed",
+        "tests.sample_tasks.always_fails",
+        kwargs={"message": "upstream is gone"},
+        max_retries=2,
+        retry_backoff="fixed",
+        retry_delay=0,
+    )
+    start_worker()
+
+    enqueue(task)
+    runs = wait_until(lambda: finished_runs(task.pk, 3), timeout=30)
+    # Give a wrongly sent fourth attempt the time to show up before counting.
+    wait_until(lambda: not TaskRun.objects.filter(status=TaskRun.Status.RUNNING).exists())
+
+    runs = list(TaskRun.objects.filter(scheduled_task=task).order_by("attempt"))
+    assert [(r.attempt, r.status) for r in runs] == [
+        (1, "retried"),
+        (2, "retried"),
+        (3, "failed"),
+    ]
+    assert runs[-1].error_message == "upstream is gone"
+    assert runs[-1].next_retry_at is None
+    assert all(r.max_attempts == 3 for r in runs)
+
+
+def test_the_broker_serves_urgent_runs_before_low_ones(start_worker, scratch_dir: Path) -> None:
+    log = scratch_dir / "order.log"
+
+    def recorder(label: str, priority: int | None, seconds: float = 0.0):
+        return make_scheduled_task(
+            label,
+            "tests.sample_tasks.record",
+            kwargs={"log_file": str(log), "label": label, "seconds": seconds},
+            priority=priority,
+        )
+
+    blocker = recorder("blocker", None, seconds=2.0)
+    lows = [recorder(f"low{n}", 0) for n in range(3)]
+    highs = [recorder(f"high{n}", 9) for n in range(3)]
+    start_worker(concurrency=1)
+
+    enqueue(blocker)
+    # The only worker slot is busy before anything else is queued.
+    wait_until(lambda: log.exists() and "blocker" in log.read_text(), timeout=20)
+    for task in lows + highs:
+        enqueue(task)
+
+    order = wait_until(
+        lambda: (lines := log.read_text().split()) and len(lines) == 7 and lines, timeout=30
+    )
+    assert order[0] == "blocker"
+    assert set(order[1:4]) == {"high0", "high1", "high2"}, order
+    assert set(order[4:]) == {"low0", "low1", "low2"}, order
+    runs = TaskRun.objects.exclude(scheduled_task=blocker)
+    assert {(r.scheduled_task.name[:3], r.priority) for r in runs} == {("low", 0), ("hig", 9)}
