@@ -21,18 +21,20 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import widgets as admin_widgets
 from django.db import transaction
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.timesince import timeuntil
 
 from orchestrator import beat_sync
 from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun
+from orchestrator.policies.retry import BackoffKind
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +54,9 @@ STATUS_COLOURS = {
 
 def format_seconds(seconds: float) -> str:
     """A duration in seconds as short words: "45 s", "2 min", "1 h 30 min", "2 d 3 h"."""
+    if seconds < 59.995:
+        return f"{round(seconds, 2):g} s"
     total = round(seconds)
-    if total < 60:
-        return f"{seconds:g} s" if seconds != total else f"{total} s"
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
@@ -77,6 +79,10 @@ def status_badge(status: str | None) -> SafeString | str:
         label = status
     colour = STATUS_COLOURS.get(status, "inherit")
     return format_html('<span style="color: {}; font-weight: bold;">{}</span>', colour, label)
+
+
+def format_duration(duration: dt.timedelta | None) -> str:
+    return "-" if duration is None else format_seconds(duration.total_seconds())
 
 
 def admin_url(model: type[Any], view: str, *args: Any, query: str = "") -> str | None:
@@ -182,11 +188,11 @@ class RecentRunsInline(admin.TabularInline):
     verbose_name = "recent run"
     verbose_name_plural = f"recent runs (latest {RECENT_RUNS})"
     fields = [
+        "started",
         "status_label",
         "attempt_of",
         "trigger",
-        "started_at",
-        "duration",
+        "duration_text",
         "error_type",
         "worker",
     ]
@@ -194,7 +200,9 @@ class RecentRunsInline(admin.TabularInline):
     extra = 0
     max_num = 0
     can_delete = False
-    show_change_link = True
+    # The start time links to the run instead: Django's change link comes with the run's __str__,
+    # which repeats what the columns say.
+    show_change_link = False
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -205,6 +213,12 @@ class RecentRunsInline(admin.TabularInline):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    @admin.display(description="started at")
+    def started(self, obj: TaskRun) -> SafeString | str:
+        text = formats.localize(timezone.localtime(obj.started_at))
+        url = admin_url(TaskRun, "change", obj.pk)
+        return format_html('<a href="{}">{}</a>', url, text) if url else text
+
     @admin.display(description="status")
     def status_label(self, obj: TaskRun) -> SafeString | str:
         return status_badge(obj.status)
@@ -212,6 +226,10 @@ class RecentRunsInline(admin.TabularInline):
     @admin.display(description="attempt")
     def attempt_of(self, obj: TaskRun) -> str:
         return f"{obj.attempt}/{obj.max_attempts}"
+
+    @admin.display(description="duration")
+    def duration_text(self, obj: TaskRun) -> str:
+        return format_duration(obj.duration)
 
 
 class LastRunStatusFilter(admin.SimpleListFilter):
@@ -259,10 +277,19 @@ LIST_EDITABLE = [
 class ScheduledTaskChangeListForm(forms.ModelForm):
     """The row form of the list: narrow widgets so the policy columns fit side by side."""
 
+    # The model's labels explain the maths for the change form; in a table cell they are too wide.
+    retry_backoff = forms.ChoiceField(
+        label="backoff", choices=[(kind.value, kind.value.capitalize()) for kind in BackoffKind]
+    )
+
     class Meta:
         model = ScheduledTask
         fields = LIST_EDITABLE
-        widgets = {"queue": forms.TextInput(attrs={"size": 10})}
+        widgets = {
+            "queue": forms.TextInput(attrs={"size": 10}),
+            "max_retries": admin_widgets.AdminIntegerFieldWidget(attrs={"style": "width: 3.5em"}),
+            "priority": admin_widgets.AdminIntegerFieldWidget(attrs={"style": "width: 3em"}),
+        }
 
 
 class ScheduledTaskForm(forms.ModelForm):
@@ -294,7 +321,6 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
         "schedule",
         "next_run",
         "last_run",
-        "last_run_at",
         "enabled",
         "max_retries",
         "retry_backoff",
@@ -410,7 +436,7 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
         return f"{obj.describe_schedule()} ({obj.timezone})"
 
     @admin.display(description="next run")
-    def next_run(self, obj: ScheduledTask) -> str:
+    def next_run(self, obj: ScheduledTask) -> SafeString | str:
         if obj.pk is None:
             return "-"
         if not obj.is_runnable:
@@ -418,20 +444,28 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
         when = obj.next_run_at()
         if when is None:
             return "never"
-        return f"{when:%Y-%m-%d %H:%M} {when.tzname()} (in {timeuntil(when, timezone.now())})"
+        now = timezone.now()
+        # timeuntil() rounds down to whole minutes and would say "0 minutes".
+        wait = "under a minute" if when - now < dt.timedelta(minutes=1) else timeuntil(when, now)
+        return format_html(
+            '<span style="white-space: nowrap;">{}</span><br><small>in {}</small>',
+            f"{when:%Y-%m-%d %H:%M} {when.tzname()}",
+            wait,
+        )
 
-    @admin.display(description="last run", ordering="last_run_status")
+    @admin.display(description="last run", ordering="last_run_at")
     def last_run(self, obj: ScheduledTask) -> SafeString | str:
+        """The latest run's status and start time, linked to the task's run history."""
         status = getattr(obj, "last_run_status", None)
+        started: dt.datetime | None = getattr(obj, "last_run_at", None)
+        if not status or started is None:
+            return "never"
+        url = run_history_url(obj.pk)
+        when = formats.localize(timezone.localtime(started))
         badge = status_badge(status)
-        url = run_history_url(obj.pk) if status else None
         if url is None:
-            return badge
-        return format_html('<a href="{}">{}</a>', url, badge)
-
-    @admin.display(description="last run at", ordering="last_run_at")
-    def last_run_at(self, obj: ScheduledTask) -> dt.datetime | None:
-        return getattr(obj, "last_run_at", None)
+            return format_html("{}<br><small>{}</small>", badge, when)
+        return format_html('<a href="{}">{}</a><br><small>{}</small>', url, badge, when)
 
     @admin.display(description="periodic task (beat)")
     def periodic_task_link(self, obj: ScheduledTask) -> SafeString | str:
@@ -568,7 +602,7 @@ class TaskRunAdmin(admin.ModelAdmin):
         "status_label",
         "trigger",
         "started_at",
-        "duration",
+        "duration_text",
         "error_type",
         "worker",
     ]
@@ -600,7 +634,7 @@ class TaskRunAdmin(admin.ModelAdmin):
                     "scheduled_for",
                     "started_at",
                     "finished_at",
-                    "duration",
+                    "duration_text",
                     "next_retry_at",
                 ]
             },
@@ -619,7 +653,7 @@ class TaskRunAdmin(admin.ModelAdmin):
         "scheduled_for",
         "started_at",
         "finished_at",
-        "duration",
+        "duration_text",
         "next_retry_at",
         "celery_task_id",
         "worker",
@@ -647,6 +681,10 @@ class TaskRunAdmin(admin.ModelAdmin):
     @admin.display(description="attempt", ordering="attempt")
     def attempt_of(self, obj: TaskRun) -> str:
         return f"{obj.attempt}/{obj.max_attempts}"
+
+    @admin.display(description="duration", ordering="duration")
+    def duration_text(self, obj: TaskRun) -> str:
+        return format_duration(obj.duration)
 
     @admin.display(description="result")
     def result_display(self, obj: TaskRun) -> SafeString | str:

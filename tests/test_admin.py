@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
+from freezegun import freeze_time
 
 from orchestrator import admin as orchestrator_admin
 from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun
@@ -325,6 +326,8 @@ def test_recent_runs_inline_shows_the_latest_ten_and_links_to_the_history(admin_
     assert shown == [run.pk for run in reversed(runs[2:])]
     page = response.content.decode()
     assert f"{RUNS_URL}?scheduled_task__id__exact={task.pk}" in page
+    assert change_url(runs[-1]) in page
+    assert change_url(runs[1]) not in page
     assert "other-worker" not in page
 
 
@@ -391,6 +394,22 @@ def test_next_run_reads_disabled_tasks_and_definitions():
     assert admin.next_run(task) == "definition disabled"
     task.enabled = False
     assert admin.next_run(task) == "disabled"
+
+
+@freeze_time("2026-03-02 09:59:30")
+def test_next_run_shows_the_time_in_the_task_zone_and_how_long_until_then():
+    admin = orchestrator_admin.ScheduledTaskAdmin(ScheduledTask, orchestrator_admin.admin.site)
+    soon = make_scheduled_task("soon", cron="0 10 * * *", timezone="UTC")
+    later = make_scheduled_task("later", cron="30 6 * * *", timezone="Europe/Paris")
+
+    assert admin.next_run(soon) == (
+        '<span style="white-space: nowrap;">2026-03-02 10:00 UTC</span>'
+        "<br><small>in under a minute</small>"
+    )
+    assert admin.next_run(later) == (
+        '<span style="white-space: nowrap;">2026-03-03 06:30 CET</span>'
+        "<br><small>in 19\xa0hours, 30\xa0minutes</small>"
+    )
 
 
 def test_changelist_query_count_does_not_grow_with_the_number_of_tasks(admin_client):
@@ -601,6 +620,7 @@ def test_run_history_lists_runs_with_their_task(admin_client):
     page = response.content.decode()
     assert response.status_code == 200
     assert "2/4" in page
+    assert "3 s" in page
     assert "Failed, retry scheduled" in page
     assert "celery@host" in page
 
