@@ -393,7 +393,7 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
         ),
         ("Routing", {"fields": ["priority", "queue", "expires"]}),
         ("Notifications", {"fields": ["notification_channels"]}),
-        ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
+        ("Timestamps", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
     inlines = [RecentRunsInline]
     actions = ["run_now", "enable", "disable", "sync_to_beat"]
@@ -504,6 +504,7 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
     def run_now(self, request: HttpRequest, queryset: QuerySet[ScheduledTask]) -> None:
         sent = 0
         failures: list[str] = []
+        not_runnable: list[str] = []
         for task in queryset:
             try:
                 task.run_now()
@@ -513,11 +514,21 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
                 failures.append(f"{task.name} ({type(err).__name__}: {err})")
             else:
                 sent += 1
+                if not task.is_runnable:
+                    not_runnable.append(task.name)
         if sent:
             self.message_user(
                 request,
                 f"Sent {sent} run{'s' if sent != 1 else ''} to the workers.",
                 messages.SUCCESS,
+            )
+        if not_runnable:
+            # The dispatcher sends them anyway and records a skipped run: say so before the
+            # operator goes looking for output that will never come.
+            self.message_user(
+                request,
+                "Disabled, so the worker will skip them: " + ", ".join(not_runnable) + ".",
+                messages.WARNING,
             )
         if failures:
             self.message_user(request, "Could not send: " + "; ".join(failures), messages.ERROR)

@@ -367,6 +367,20 @@ def test_changelist_shows_schedule_and_last_run_but_never_kwargs(admin_client):
     assert SECRET not in page
 
 
+def test_a_row_broken_in_the_database_does_not_break_the_pages(admin_client):
+    task = make_scheduled_task("broken")
+    make_scheduled_task("fine")
+    ScheduledTask.objects.filter(pk=task.pk).update(cron="99 * * *", timezone="Nowhere/City")
+
+    listing = admin_client.get(TASKS_URL)
+    change = admin_client.get(change_url(task))
+
+    assert listing.status_code == 200
+    assert [row.name for row in listing.context["cl"].result_list] == ["broken", "fine"]
+    assert "99 * * *" in listing.content.decode()
+    assert change.status_code == 200
+
+
 def test_changelist_search_does_not_look_into_kwargs(admin_client):
     make_scheduled_task("report", "tests.sample_tasks.echo", kwargs={"token": SECRET})
     response = admin_client.get(TASKS_URL, {"q": SECRET})
@@ -470,6 +484,23 @@ def test_run_now_sends_every_selected_task(admin_client):
 
     assert sorted(call.args[0].name for call in run_now.call_args_list) == ["a", "b"]
     assert "Sent 2 runs to the workers." in messages_of(response)
+
+
+def test_run_now_warns_that_disabled_tasks_will_be_skipped(admin_client):
+    off = make_definition("off", "tests.sample_tasks.noop", enabled=False)
+    tasks = [
+        make_scheduled_task("a", enabled=False),
+        make_scheduled_task("b", definition=off),
+        make_scheduled_task("c"),
+    ]
+
+    with mock.patch.object(ScheduledTask, "run_now", autospec=True):
+        response = admin_client.post(TASKS_URL, action_data("run_now", tasks), follow=True)
+
+    assert messages_of(response) == [
+        "Sent 3 runs to the workers.",
+        "Disabled, so the worker will skip them: a, b.",
+    ]
 
 
 def test_one_failing_run_now_does_not_stop_the_others(admin_client):
