@@ -1,10 +1,11 @@
-"""URLs of the dashboard.
+"""URLs of the dashboard and, when Django REST framework is installed, of the JSON API.
 
 Mount them wherever suits the project, such as ``path("ops/", include("orchestrator.urls"))``:
-the dashboard is at the root of that prefix.
+the dashboard is at the root of that prefix and the API under ``api/``.
 """
 
-from django.urls import URLPattern, URLResolver, path
+from django.apps import apps
+from django.urls import URLPattern, URLResolver, include, path
 
 from orchestrator.dashboard import views
 
@@ -18,3 +19,6 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("tasks/<int:pk>/disable/", views.disable, name="task-disable"),
 ]
 
+# The API is an optional extra (pip install django-orchestrator[api]).
+if apps.is_installed("rest_framework"):
+    urlpatterns.append(path("api/", include("orchestrator.api.urls")))

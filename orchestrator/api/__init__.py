@@ -1,0 +1,1 @@
+"""The JSON API (Django REST framework): definitions, scheduled tasks, runs and channels."""

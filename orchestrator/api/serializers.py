@@ -1,0 +1,189 @@
+"""Serializers with the models' field names, validated by the models' own ``full_clean()``.
+
+The admin validates through ``full_clean()`` (field validators, then ``clean()``); so does the API,
+so both refuse the same input with the same messages. Django's ``ValidationError`` is turned into
+DRF's, keyed by field (``non_field_errors`` for model-wide errors).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+from rest_framework.settings import api_settings
+
+from orchestrator.dashboard.display import mask_target
+from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition, TaskRun
+
+
+def as_drf_error(err: DjangoValidationError) -> serializers.ValidationError:
+    """A Django ValidationError as a DRF one with the same field keys and messages."""
+    if not hasattr(err, "error_dict"):
+        return serializers.ValidationError({api_settings.NON_FIELD_ERRORS_KEY: err.messages})
+    detail = {
+        (api_settings.NON_FIELD_ERRORS_KEY if field == "__all__" else field): messages
+        for field, messages in err.message_dict.items()
+    }
+    return serializers.ValidationError(detail)
+
+
+class FullCleanModelSerializer(serializers.ModelSerializer):
+    """A ModelSerializer whose ``validate()`` runs the model's ``full_clean()``.
+
+    The instance being validated is a copy, so a refused update leaves the original untouched.
+    Many-to-many values are left out: ``full_clean()`` does not look at them.
+    """
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        model: type[models.Model] = self.Meta.model
+        instance = copy.copy(self.instance) if self.instance is not None else model()
+        many_to_many = {field.name for field in model._meta.many_to_many}
+        for name, value in attrs.items():
+            if name not in many_to_many:
+                setattr(instance, name, value)
+        try:
+            # Uniqueness is checked by DRF's own validators first, with the same messages.
+            instance.full_clean(validate_unique=False)
+        except DjangoValidationError as err:
+            raise as_drf_error(err) from None
+        return attrs
+
+
+class TaskDefinitionSerializer(FullCleanModelSerializer):
+    class Meta:
+        model = TaskDefinition
+        fields = [
+            "id",
+            "name",
+            "import_path",
+            "description",
+            "category",
+            "enabled",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+
+
+class ScheduledTaskSerializer(FullCleanModelSerializer):
+    schedule_description = serializers.SerializerMethodField(
+        help_text="The cron expression in words."
+    )
+    next_run_at = serializers.SerializerMethodField(
+        help_text="When the schedule fires next; null while the task or its definition is disabled."
+    )
+
+    class Meta:
+        model = ScheduledTask
+        fields = [
+            "id",
+            "name",
+            "task_definition",
+            "cron",
+            "timezone",
+            "kwargs",
+            "enabled",
+            "description",
+            "max_retries",
+            "retry_backoff",
+            "retry_delay",
+            "retry_backoff_max",
+            "retry_jitter",
+            "priority",
+            "queue",
+            "expires",
+            "time_limit",
+            "notification_channels",
+            "periodic_task",
+            "schedule_description",
+            "next_run_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["periodic_task", "created_at", "updated_at"]
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_schedule_description(self, task: ScheduledTask) -> str:
+        return task.describe_schedule()
+
+    @extend_schema_field(OpenApiTypes.DATETIME)
+    def get_next_run_at(self, task: ScheduledTask) -> str | None:
+        when = task.next_run_at()
+        return serializers.DateTimeField().to_representation(when) if when else None
+
+
+class TaskRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TaskRun
+        fields = [
+            "id",
+            "scheduled_task",
+            "attempt",
+            "max_attempts",
+            "status",
+            "trigger",
+            "started_at",
+            "finished_at",
+            "duration",
+            "result",
+            "error_type",
+            "error_message",
+            "traceback",
+            "celery_task_id",
+            "worker",
+            "queue",
+            "priority",
+            "next_retry_at",
+            "scheduled_for",
+        ]
+        read_only_fields = fields
+
+
+class NotificationChannelSerializer(FullCleanModelSerializer):
+    """A channel whose ``target`` is write-only in clear and read back masked.
+
+    Webhook URLs carry their credential, so responses show ``https://hooks.slack.com/…/abcd``;
+    a PATCH that leaves ``target`` out keeps the stored one.
+    """
+
+    class Meta:
+        model = NotificationChannel
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "target",
+            "events",
+            "enabled",
+            "is_default",
+            "cooldown",
+            "alert_after_failures",
+            "last_error",
+            "last_error_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["last_error", "last_error_at", "created_at", "updated_at"]
+        extra_kwargs = {
+            "target": {
+                "help_text": "Slack webhook URL or channel, or email addresses. Shown masked "
+                "in responses: webhook URLs are secrets."
+            }
+        }
+
+    def to_representation(self, instance: NotificationChannel) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["target"] = mask_target(instance.target)
+        return data
+
+
+class RunAcceptedSerializer(serializers.Serializer):
+    """The answer to ``POST scheduled-tasks/<id>/run/``."""
+
+    celery_task_id = serializers.CharField(help_text="Id of the Celery task sent to the workers.")

@@ -1,0 +1,219 @@
+"""API viewsets: thin adapters over the models, which validate and sync beat on save."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from django.apps import apps
+from django.db.models import ProtectedError, QuerySet
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from rest_framework import exceptions, status, viewsets
+from rest_framework.authentication import (
+    BaseAuthentication,
+    SessionAuthentication,
+    TokenAuthentication,
+)
+from rest_framework.decorators import action
+from rest_framework.pagination import CursorPagination, PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from orchestrator.api.permissions import CanRunScheduledTask, ModelPermissions
+from orchestrator.api.schema import ViewSchema
+from orchestrator.api.serializers import (
+    NotificationChannelSerializer,
+    RunAcceptedSerializer,
+    ScheduledTaskSerializer,
+    TaskDefinitionSerializer,
+    TaskRunSerializer,
+)
+from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition, TaskRun
+
+logger = logging.getLogger(__name__)
+
+
+def _authentication_classes() -> list[type[BaseAuthentication]]:
+    # Token first: an anonymous request then gets 401 with a WWW-Authenticate header, not 403.
+    classes: list[type[BaseAuthentication]] = [SessionAuthentication]
+    if apps.is_installed("rest_framework.authtoken"):
+        classes.insert(0, TokenAuthentication)
+    return classes
+
+
+AUTHENTICATION_CLASSES = _authentication_classes()
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+class Unavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "unavailable"
+
+
+class Pagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class RunPagination(CursorPagination):
+    """Runs newest first; a cursor, because counting a history of millions of rows is slow."""
+
+    ordering = ("-started_at", "-id")
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class OrchestratorViewSet(viewsets.GenericViewSet):
+    """What every endpoint shares, set here rather than read from the project's DRF settings."""
+
+    authentication_classes = AUTHENTICATION_CLASSES
+    permission_classes = [ModelPermissions]
+    pagination_class = Pagination
+    schema = ViewSchema()
+
+    def perform_destroy(self, instance: Any) -> None:
+        try:
+            instance.delete()
+        except ProtectedError as err:
+            used_by = ", ".join(sorted(str(obj) for obj in err.protected_objects)[:10])
+            raise Conflict(f"“{instance}” is still used by: {used_by}.") from None
+
+
+class TaskDefinitionViewSet(OrchestratorViewSet, viewsets.ModelViewSet):
+    """Callables that scheduled tasks may run (their module must be on the allow-list)."""
+
+    queryset = TaskDefinition.objects.order_by("name")
+    serializer_class = TaskDefinitionSerializer
+
+
+class ScheduledTaskViewSet(OrchestratorViewSet, viewsets.ModelViewSet):
+    """Scheduled tasks; saving one syncs its beat entry, exactly as the admin does."""
+
+    queryset = (
+        ScheduledTask.objects.select_related("task_definition")
+        .prefetch_related("notification_channels")
+        .order_by("name")
+    )
+    serializer_class = ScheduledTaskSerializer
+    schema_overrides = {
+        "run": {
+            "request": None,
+            "responses": {
+                202: RunAcceptedSerializer,
+                503: OpenApiResponse(description="The broker could not be reached."),
+            },
+        }
+    }
+
+    @action(detail=True, methods=["post"], permission_classes=[CanRunScheduledTask])
+    def run(self, request: Request, pk: str | None = None) -> Response:
+        """Send one run of the task to the workers now, outside its schedule (trigger "api")."""
+        # Disabled tasks are sent too, as from the admin: the worker records them as skipped.
+        task = self.get_object()
+        try:
+            result = task.run_now(trigger=TaskRun.Trigger.API)
+        except Exception as err:
+            logger.exception("API run of scheduled task %s (%s) failed", task.pk, task.name)
+            raise Unavailable(
+                f"Could not send “{task}” to the workers ({type(err).__name__})."
+            ) from None
+        return Response({"celery_task_id": result.id}, status=status.HTTP_202_ACCEPTED)
+
+
+def _parse_moment(name: str, value: str) -> dt.datetime:
+    moment = parse_datetime(value)
+    if moment is None:
+        day = parse_date(value)
+        if day is None:
+            raise exceptions.ValidationError(
+                {
+                    name: f"Enter an ISO 8601 date or date-time, such as 2026-01-31T06:00Z; "
+                    f"got {value!r}."
+                }
+            )
+        moment = dt.datetime.combine(day, dt.time())
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment)
+    return moment
+
+
+RUN_FILTERS = [
+    OpenApiParameter("scheduled_task", OpenApiTypes.INT, description="Runs of this task only."),
+    OpenApiParameter(
+        "status",
+        OpenApiTypes.STR,
+        enum=TaskRun.Status.values,
+        description="Runs with this status only (repeat the parameter for several).",
+        many=True,
+        explode=True,
+    ),
+    OpenApiParameter(
+        "started_after",
+        OpenApiTypes.DATETIME,
+        description="Runs started at or after this date or date-time.",
+    ),
+    OpenApiParameter(
+        "started_before",
+        OpenApiTypes.DATETIME,
+        description="Runs started before this date or date-time.",
+    ),
+]
+
+
+class TaskRunViewSet(OrchestratorViewSet, viewsets.ReadOnlyModelViewSet):
+    """The run history, newest first (read-only: the workers write it)."""
+
+    serializer_class = TaskRunSerializer
+    pagination_class = RunPagination
+    schema_overrides = {"list": {"parameters": RUN_FILTERS}}
+    queryset = TaskRun.objects.order_by("-started_at", "-id")
+
+    def get_queryset(self) -> QuerySet[TaskRun]:
+        runs = super().get_queryset()
+        if self.action != "list":
+            return runs
+        params = self.request.query_params
+        if params.get("scheduled_task"):
+            try:
+                runs = runs.filter(scheduled_task=int(params["scheduled_task"]))
+            except ValueError:
+                raise exceptions.ValidationError(
+                    {"scheduled_task": "Enter the id of a scheduled task (a whole number)."}
+                ) from None
+        statuses = [s for s in params.getlist("status") if s]
+        if statuses:
+            unknown = sorted(set(statuses) - set(TaskRun.Status.values))
+            if unknown:
+                raise exceptions.ValidationError(
+                    {
+                        "status": f"Unknown status {', '.join(unknown)}; use one of "
+                        f"{', '.join(TaskRun.Status.values)}."
+                    }
+                )
+            runs = runs.filter(status__in=statuses)
+        if params.get("started_after"):
+            runs = runs.filter(
+                started_at__gte=_parse_moment("started_after", params["started_after"])
+            )
+        if params.get("started_before"):
+            runs = runs.filter(
+                started_at__lt=_parse_moment("started_before", params["started_before"])
+            )
+        return runs
+
+
+class NotificationChannelViewSet(OrchestratorViewSet, viewsets.ModelViewSet):
+    """Where alerts go; targets are write-only in clear and read back masked."""
+
+    queryset = NotificationChannel.objects.order_by("name")
+    serializer_class = NotificationChannelSerializer
