@@ -1,0 +1,346 @@
+import datetime as dt
+
+import pytest
+from django.core import mail
+from freezegun import freeze_time
+
+from orchestrator import signals
+from orchestrator.models import AlertState, NotificationChannel, NotificationDelivery, ScheduledTask
+from orchestrator.notifications import delivery as service
+from orchestrator.notifications import receivers
+from orchestrator.notifications.base import NotificationError
+from orchestrator.notifications.events import Alert
+from orchestrator.policies.alerts import DeliveryRetryPolicy
+from tests.notifications.conftest import failure_alert
+from tests.support.fake_slack import WEBHOOK_PATH, Reply
+from tests.utils import make_channel, make_run, make_scheduled_task
+
+pytestmark = pytest.mark.django_db
+Status = NotificationDelivery.Status
+NO_JITTER = DeliveryRetryPolicy(jitter=False)
+
+
+@pytest.fixture
+def queued(monkeypatch):
+    """Celery messages the service publishes (instead of a broker)."""
+    from orchestrator.notifications.tasks import deliver_notification
+
+    calls = []
+    monkeypatch.setattr(
+        deliver_notification, "apply_async", lambda args, **options: calls.append((args, options))
+    )
+    return calls
+
+
+@pytest.fixture
+def task():
+    return make_scheduled_task("nightly-billing", "tests.sample_tasks.always_fails", max_retries=2)
+
+
+def fail(task: ScheduledTask, event: str = "failure", **fields):
+    status = "failed" if event == "failure" else "retried"
+    run = make_run(
+        task,
+        status=status,
+        attempt=3,
+        max_attempts=3,
+        error_type="RuntimeError",
+        error_message="boom",
+        **fields,
+    )
+    return run, service.notify_run(event, run)
+
+
+def succeed(task: ScheduledTask):
+    run = make_run(task, status="succeeded", attempt=1, max_attempts=3)
+    return run, service.notify_run("recovery", run)
+
+
+def test_a_final_failure_is_recorded_and_queued_after_commit(
+    task, queued, django_capture_on_commit_callbacks
+):
+    channel = make_channel(is_default=True)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        run, (delivery,) = fail(task)
+        assert queued == []  # nothing leaves before the commit
+    assert len(callbacks) == 1
+    assert delivery.status == Status.PENDING
+    assert (delivery.channel, delivery.task_run, delivery.event) == (channel, run, "failure")
+    ((delivery_id, message), options) = queued[0]
+    assert delivery_id == delivery.pk
+    assert options == {}
+    alert = Alert.from_dict(message)
+    assert (alert.task_name, alert.attempt, alert.error_message) == ("nightly-billing", 3, "boom")
+    assert alert.run_url == f"http://testserver/admin/orchestrator/taskrun/{run.pk}/change/"
+    assert "kwargs" not in message
+
+
+def test_deliveries_go_through_the_notification_queue(
+    task, queued, settings, django_capture_on_commit_callbacks
+):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "NOTIFICATION_QUEUE": "alerts"}
+    make_channel(is_default=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        fail(task)
+    assert queued[0][1] == {"queue": "alerts"}
+
+
+def test_a_task_without_channels_uses_the_enabled_default_ones(task):
+    default = make_channel("default", is_default=True)
+    make_channel("other")
+    make_channel("off", is_default=True, enabled=False)
+    assert service.channels_for(task, "failure") == [default]
+
+
+def test_selected_channels_replace_the_defaults_and_disabled_ones_are_skipped(task):
+    make_channel("default", is_default=True)
+    chosen = make_channel("chosen")
+    off = make_channel("off", enabled=False)
+    task.notification_channels.set([chosen, off])
+    assert service.channels_for(task, "failure") == [chosen]
+    task.notification_channels.set([off])
+    assert service.channels_for(task, "failure") == []
+
+
+def test_channels_only_get_the_events_they_subscribe_to(task, queued):
+    make_channel("failures", is_default=True)  # default events: failure, recovery
+    retries = make_channel("retries", is_default=True, events=["retry"])
+    _, deliveries = fail(task, "retry")
+    assert [d.channel for d in deliveries] == [retries]
+
+
+def test_a_storm_inside_the_cooldown_sends_one_alert_and_counts_the_rest(task, queued):
+    channel = make_channel(is_default=True, cooldown=900)
+    with freeze_time("2026-03-01 12:00:00") as clock:
+        statuses = []
+        for _ in range(5):
+            statuses.append(fail(task)[1][0].status)
+            clock.tick(dt.timedelta(minutes=1))
+        assert statuses == ["pending"] + ["suppressed"] * 4
+        state = AlertState.objects.get(channel=channel, scheduled_task=task, event="failure")
+        assert state.suppressed_count == 4
+        clock.tick(dt.timedelta(minutes=15))
+        _, (delivery,) = fail(task)
+    assert delivery.status == Status.PENDING
+    assert delivery.suppressed_count == 4
+    suppressed = NotificationDelivery.objects.filter(status=Status.SUPPRESSED)
+    assert suppressed.count() == 4
+    assert all(d.error.startswith("Suppressed: cooldown of 900s") for d in suppressed)
+
+
+def test_the_threshold_holds_alerts_until_n_failures_in_a_row(task, queued):
+    make_channel(is_default=True, alert_after_failures=2, cooldown=0)
+    first = fail(task)[1][0]
+    second = fail(task)[1][0]
+    assert (first.status, second.status) == ("suppressed", "pending")
+    assert "1 final failure(s) in a row" in first.error
+    succeed(task)
+    # A success resets the count.
+    assert fail(task)[1][0].status == "suppressed"
+
+
+def test_the_alert_says_how_many_failures_in_a_row(
+    task, queued, django_capture_on_commit_callbacks
+):
+    make_channel(is_default=True, alert_after_failures=2)
+    with django_capture_on_commit_callbacks(execute=True):
+        fail(task)
+        fail(task)
+    alert = Alert.from_dict(queued[-1][0][1])
+    assert alert.consecutive_failures == 2
+
+
+def test_a_recovery_is_sent_once_after_an_alerted_failure(task, queued):
+    channel = make_channel(is_default=True)
+    fail(task)
+    _, (recovery,) = succeed(task)
+    assert (recovery.event, recovery.status, recovery.channel) == ("recovery", "pending", channel)
+    assert succeed(task)[1] == []
+
+
+def test_both_success_signals_yield_a_single_recovery(task, queued):
+    make_channel(is_default=True)
+    fail(task)
+    run = make_run(task, status="succeeded")
+    for signal in (signals.task_succeeded, signals.task_recovered):
+        signal.send_robust(sender=ScheduledTask, run=run, scheduled_task=task)
+    assert NotificationDelivery.objects.filter(event="recovery").count() == 1
+
+
+def test_no_recovery_for_a_channel_that_does_not_want_it(task, queued):
+    make_channel(is_default=True, events=["failure"])
+    fail(task)
+    assert succeed(task)[1] == []
+    assert not AlertState.objects.filter(awaiting_recovery=True).exists()
+
+
+def test_no_recovery_when_the_failure_was_not_alerted(task, queued):
+    make_channel(is_default=True, alert_after_failures=3)
+    fail(task)
+    assert succeed(task)[1] == []
+
+
+def test_signals_reach_the_service(task, queued):
+    make_channel(is_default=True, events=["retry", "failure", "recovery"], cooldown=0)
+    run = make_run(task, status="retried")
+    signals.task_retrying.send(sender=ScheduledTask, run=run, scheduled_task=task)
+    run = make_run(task, status="failed")
+    signals.task_failed.send(sender=ScheduledTask, run=run, scheduled_task=task)
+    events = list(NotificationDelivery.objects.order_by("id").values_list("event", flat=True))
+    assert events == ["retry", "failure"]
+
+
+def test_a_broken_notification_path_never_raises_into_the_dispatcher(task, monkeypatch, caplog):
+    def explode(event, run):
+        raise RuntimeError("database is on fire")
+
+    monkeypatch.setattr(service, "notify_run", explode)
+    run = make_run(task, status="failed")
+    receivers.on_failed(ScheduledTask, run=run, scheduled_task=task)  # no exception
+    assert "Could not process failure notifications" in caplog.text
+
+
+def test_a_broker_error_marks_the_delivery_failed(
+    task, monkeypatch, django_capture_on_commit_callbacks
+):
+    from orchestrator.notifications.tasks import deliver_notification
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(deliver_notification, "apply_async", refuse)
+    make_channel(is_default=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        _, (delivery,) = fail(task)
+    delivery.refresh_from_db()
+    assert delivery.status == Status.FAILED
+    assert delivery.error == "Could not queue the delivery: ConnectionError"
+
+
+# --- sending -------------------------------------------------------------------------------------
+
+
+def pending(channel: NotificationChannel, task=None) -> NotificationDelivery:
+    return NotificationDelivery.objects.create(
+        channel=channel, scheduled_task=task, event="failure", status=Status.PENDING
+    )
+
+
+def test_deliver_sends_and_records(task):
+    delivery = pending(make_channel(), task)
+    assert service.deliver(delivery.pk, failure_alert().to_dict()) == "sent"
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.error) == ("sent", 1, "")
+    assert delivery.sent_at is not None and delivery.finished_at is not None
+    assert mail.outbox[0].subject == "[orchestrator] FAILED: nightly-billing (attempt 4/4)"
+
+
+def test_429_then_500_then_200_delivers_one_message(task, fake_slack):
+    fake_slack.script(
+        WEBHOOK_PATH, Reply(429, "rate_limited", {"Retry-After": "2"}), Reply(500, "oops")
+    )
+    channel = make_channel(kind="slack", target=fake_slack.webhook_url())
+    delivery = pending(channel, task)
+    sleeps = []
+    status = service.deliver(
+        delivery.pk, failure_alert().to_dict(), policy=NO_JITTER, sleep=sleeps.append
+    )
+    assert status == "sent"
+    assert sleeps == [2.0, 2.0]  # Retry-After, then the backoff for attempt 2
+    assert len(fake_slack.delivered()) == 1
+    assert [r.status for r in fake_slack.received()] == [429, 500, 200]
+    delivery.refresh_from_db()
+    assert delivery.attempts == 3
+
+
+def test_a_permanent_error_is_not_retried_and_marks_the_channel(task, fake_slack):
+    fake_slack.script(WEBHOOK_PATH, Reply(404, "no_service"))
+    channel = make_channel(kind="slack", target=fake_slack.webhook_url())
+    delivery = pending(channel, task)
+    sleeps = []
+    assert service.deliver(delivery.pk, failure_alert().to_dict(), sleep=sleeps.append) == "failed"
+    assert sleeps == []
+    delivery.refresh_from_db()
+    channel.refresh_from_db()
+    assert delivery.attempts == 1
+    assert delivery.error == "Slack webhook answered HTTP 404 no_service (webhook not found)"
+    assert channel.last_error == delivery.error
+    assert channel.last_error_at is not None
+
+
+def test_transient_errors_stop_after_the_attempt_limit(task, fake_slack):
+    fake_slack.script(WEBHOOK_PATH, *[Reply(503, "")] * 10)
+    channel = make_channel(kind="slack", target=fake_slack.webhook_url())
+    delivery = pending(channel, task)
+    sleeps = []
+    status = service.deliver(
+        delivery.pk, failure_alert().to_dict(), policy=NO_JITTER, sleep=sleeps.append
+    )
+    assert status == "failed"
+    assert sleeps == [1.0, 2.0, 4.0, 8.0]
+    delivery.refresh_from_db()
+    channel.refresh_from_db()
+    assert delivery.attempts == 5
+    assert channel.last_error == ""  # a transient outage does not mark the channel
+
+
+def test_a_retry_after_beyond_the_time_budget_gives_up_at_once(task, fake_slack):
+    fake_slack.script(WEBHOOK_PATH, Reply(429, "rate_limited", {"Retry-After": "120"}))
+    delivery = pending(make_channel(kind="slack", target=fake_slack.webhook_url()), task)
+    sleeps = []
+    assert service.deliver(delivery.pk, failure_alert().to_dict(), sleep=sleeps.append) == "failed"
+    assert sleeps == []
+    delivery.refresh_from_db()
+    assert "rate limited" in delivery.error
+
+
+def test_a_redelivered_message_is_not_sent_twice(task):
+    delivery = pending(make_channel(), task)
+    service.deliver(delivery.pk, failure_alert().to_dict())
+    assert service.deliver(delivery.pk, failure_alert().to_dict()) == "sent"
+    assert len(mail.outbox) == 1
+
+
+def test_a_channel_disabled_before_sending_sends_nothing(task):
+    delivery = pending(make_channel(enabled=False), task)
+    assert service.deliver(delivery.pk, failure_alert().to_dict()) == "failed"
+    assert mail.outbox == []
+
+
+def test_a_buggy_channel_is_a_permanent_error(task, monkeypatch):
+    from orchestrator.notifications.email import EmailChannel
+
+    def broken(self, message):
+        raise KeyError("secret-ish detail")
+
+    monkeypatch.setattr(EmailChannel, "notify", broken)
+    channel = make_channel()
+    delivery = pending(channel, task)
+    assert service.deliver(delivery.pk, failure_alert().to_dict()) == "failed"
+    delivery.refresh_from_db()
+    assert delivery.error == "Unexpected KeyError in the email channel"
+    assert delivery.attempts == 1
+
+
+def test_retry_logs_and_stored_errors_hold_no_secret(task, fake_slack, caplog):
+    fake_slack.script(WEBHOOK_PATH, Reply(500, ""), Reply(404, "no_service"))
+    channel = make_channel(kind="slack", target=fake_slack.webhook_url())
+    delivery = pending(channel, task)
+    service.deliver(delivery.pk, failure_alert().to_dict(), sleep=lambda s: None)
+    delivery.refresh_from_db()
+    assert "retrying in" in caplog.text
+    assert "s3cr3tW3bh00kT0k3n" not in caplog.text
+    assert "s3cr3tW3bh00kT0k3n" not in delivery.error
+
+
+def test_send_test_clears_or_sets_the_last_error(fake_slack):
+    channel = make_channel(kind="slack", target=fake_slack.webhook_url())
+    fake_slack.script(WEBHOOK_PATH, Reply(403, "invalid_token"))
+    with pytest.raises(NotificationError):
+        service.send_test(channel)
+    channel.refresh_from_db()
+    assert channel.last_error == "Slack webhook answered HTTP 403 invalid_token"
+    service.send_test(channel)
+    channel.refresh_from_db()
+    assert (channel.last_error, channel.last_error_at) == ("", None)
+    assert fake_slack.delivered()[0].json["blocks"][0]["text"]["text"].startswith(":wave: TEST")
