@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,6 +119,12 @@ class CeleryProcess:
         self._log.close()
 
 
+def log_path_for(request: pytest.FixtureRequest, kind: str, index: int) -> Path:
+    """A log file named after the test; parametrised ids may hold '/' or spaces."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
+    return ARTIFACTS / f"{name}-{kind}{index}.log"
+
+
 def purge_queues(queues: list[str]) -> None:
     from tests.celery_app import app
 
@@ -141,7 +148,7 @@ def start_worker(
         if purge:
             purge_queues(queues)
         name = f"w{uuid.uuid4().hex[:8]}@%h"
-        log_path = ARTIFACTS / f"{request.node.name[:80]}-worker{len(started)}.log"
+        log_path = log_path_for(request, "worker", len(started))
         worker = CeleryProcess(
             [
                 "worker",
@@ -174,7 +181,7 @@ def start_beat(
     started: list[CeleryProcess] = []
 
     def start(**env: str) -> CeleryProcess:
-        log_path = ARTIFACTS / f"{request.node.name[:80]}-beat{len(started)}.log"
+        log_path = log_path_for(request, "beat", len(started))
         beat = CeleryProcess(
             [
                 "beat",

@@ -121,3 +121,23 @@ def test_the_broker_serves_urgent_runs_before_low_ones(start_worker, scratch_dir
     assert set(order[4:]) == {"low0", "low1", "low2"}, order
     runs = TaskRun.objects.exclude(scheduled_task=blocker)
     assert {(r.scheduled_task.name[:3], r.priority) for r in runs} == {("low", 0), ("hig", 9)}
+
+
+def test_an_attempt_killed_at_its_hard_time_limit_is_recorded_lost(start_worker) -> None:
+    task = make_scheduled_task(
+        "hangs", "tests.sample_tasks.sleep", kwargs={"seconds": 30}, time_limit=1, max_retries=0
+    )
+    worker = start_worker()
+
+    enqueue(task)
+    run = wait_until(
+        lambda: TaskRun.objects.filter(scheduled_task=task, status=TaskRun.Status.LOST).first(),
+        timeout=20,
+    )
+
+    # The worker's main process recorded it: the task body was killed before it could.
+    assert run.error_type == "TimeLimitExceeded"
+    assert "hard time limit" in run.error_message
+    assert run.finished_at is not None
+    assert run.duration.total_seconds() < 10
+    assert "Hard time limit (1s) exceeded" in worker.log()
