@@ -70,6 +70,13 @@ DEFINITIONS: list[tuple[str, str, str, str]] = [
         "maintenance",
         "Slow: takes several seconds.",
     ),
+    (
+        "Failure report",
+        "orchestrator.builtin_tasks.failure_report",
+        "operations",
+        "Ships with orchestrator: sends the failures of a period to the channels subscribed "
+        "to the report event.",
+    ),
 ]
 
 # The example schedules. Delays are short so retries happen within a minute of a failure.
@@ -125,6 +132,18 @@ SCHEDULED_TASKS: list[dict[str, Any]] = [
         "time_limit": 60,
         "expires": 240,
         "description": "Every 5 minutes, low priority, stopped after 60 s.",
+    },
+    {
+        "name": "Daily failure report",
+        "definition": "Failure report",
+        "cron": "0 7 * * *",
+        "kwargs": {"since": "24h"},
+        "max_retries": 2,
+        "retry_backoff": "linear",
+        "retry_delay": 60,
+        "retry_jitter": False,
+        "priority": 1,
+        "description": "Every morning at 7:00 UTC; Run now sends it at once (to the console).",
     },
 ]
 
@@ -341,7 +360,7 @@ def seed_examples(echo: Echo) -> None:
     Each row goes through ``full_clean()`` like an admin form, and saving a ScheduledTask syncs
     it to django-celery-beat; existing rows are left as the operator edited them.
     """
-    from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition
+    from orchestrator.models import Event, NotificationChannel, ScheduledTask, TaskDefinition
     from orchestrator.policies.priority import supports_priority
     from orchestrator.routing import broker_transport
 
@@ -379,6 +398,7 @@ def seed_examples(echo: Echo) -> None:
             name="Ops team (console email)",
             kind="email",
             target="ops@example.com",
+            events=[Event.FAILURE, Event.RECOVERY, Event.REPORT],
             is_default=True,
         )
         channel.full_clean()
