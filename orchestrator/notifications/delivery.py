@@ -48,6 +48,7 @@ from orchestrator.policies.alerts import AlertState as PolicyState
 logger = logging.getLogger(__name__)
 
 DEFAULT_RETRY_POLICY = DeliveryRetryPolicy()
+RETRY_SETTING = "NOTIFICATION_RETRY"
 FAILED_STATUSES = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
 
 
@@ -237,6 +238,21 @@ class SendResult:
         return self.error is None
 
 
+def retry_policy() -> DeliveryRetryPolicy:
+    """The delivery retry policy: ``ORCHESTRATOR["NOTIFICATION_RETRY"]`` over the defaults.
+
+    The setting is a dict of :class:`DeliveryRetryPolicy` fields, such as
+    ``{"max_attempts": 5, "max_seconds": 60, "base_delay": 1, "max_delay": 15}``.
+    """
+    from django.conf import settings
+
+    overrides = (getattr(settings, "ORCHESTRATOR", None) or {}).get(RETRY_SETTING) or {}
+    if not overrides:
+        return DEFAULT_RETRY_POLICY
+    allowed = {"max_attempts", "max_seconds", "base_delay", "max_delay", "jitter"}
+    return DeliveryRetryPolicy(**{k: v for k, v in overrides.items() if k in allowed})
+
+
 def send_with_retries(
     channel: Channel,
     message: Message,
@@ -246,7 +262,7 @@ def send_with_retries(
     label: str = "",
 ) -> SendResult:
     """Send ``message`` through ``channel``, retrying transient errors per ``policy``."""
-    policy = policy or DEFAULT_RETRY_POLICY
+    policy = policy or retry_policy()
     attempts = 0
 
     def attempt() -> None:

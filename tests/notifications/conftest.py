@@ -4,6 +4,9 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator.notifications.events import Alert
+
+# The worker fixtures of the integration tests, for test_integration.py.
+from tests.integration.conftest import broker_url, real_database, start_worker  # noqa: F401
 from tests.support.fake_slack import FakeSlack
 from tests.support.smtp import SMTPServer
 
