@@ -40,6 +40,10 @@ def change_url(obj: Any) -> str:
     return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
 
 
+def task_admin() -> orchestrator_admin.ScheduledTaskAdmin:
+    return orchestrator_admin.ScheduledTaskAdmin(ScheduledTask, orchestrator_admin.admin.site)
+
+
 def staff_client(*codenames: str) -> Client:
     user = User.objects.create_user("operator", password="x", is_staff=True)
     user.user_permissions.set(
@@ -267,7 +271,6 @@ def test_change_form_shows_policy_kwargs_and_beat_link(admin_client):
     assert "1 min → 2 min → 4 min → 5 min (4 retries, 5 attempts at most)" in page
     assert SECRET in page  # the change form is where kwargs are edited
     task.refresh_from_db()
-    assert reverse("admin:django_celery_beat_periodictask_change", args=[task.periodic_task_id])
     assert (
         reverse("admin:django_celery_beat_periodictask_change", args=[task.periodic_task_id])
         in page
@@ -276,7 +279,7 @@ def test_change_form_shows_policy_kwargs_and_beat_link(admin_client):
 
 def test_retry_schedule_says_when_there_is_no_retry():
     task = ScheduledTask(max_retries=0)
-    text = orchestrator_admin.ScheduledTaskAdmin.retry_schedule(None, task)  # type: ignore[arg-type]
+    text = task_admin().retry_schedule(task)
     assert text == "No retries: the first failure is final."
 
 
@@ -288,7 +291,7 @@ def test_long_retry_schedules_are_summarised():
         retry_backoff_max=3600,
         retry_jitter=True,
     )
-    text = orchestrator_admin.ScheduledTaskAdmin.retry_schedule(None, task)  # type: ignore[arg-type]
+    text = task_admin().retry_schedule(task)
     assert text.startswith("1 min 30 s → 1 min 30 s")
     assert "… 20 more, the last after 1 min 30 s (30 retries, 31 attempts at most)" in text
     assert text.endswith("with jitter each wait falls between half of it and all of it")
@@ -404,7 +407,7 @@ def test_changelist_filters_on_last_run_status(admin_client):
 def test_next_run_reads_disabled_tasks_and_definitions():
     definition = make_definition("off", "tests.sample_tasks.noop", enabled=False)
     task = make_scheduled_task("x", definition=definition)
-    admin = orchestrator_admin.ScheduledTaskAdmin(ScheduledTask, orchestrator_admin.admin.site)
+    admin = task_admin()
     assert admin.next_run(task) == "definition disabled"
     task.enabled = False
     assert admin.next_run(task) == "disabled"
@@ -412,7 +415,7 @@ def test_next_run_reads_disabled_tasks_and_definitions():
 
 @freeze_time("2026-03-02 09:59:30")
 def test_next_run_shows_the_time_in_the_task_zone_and_how_long_until_then():
-    admin = orchestrator_admin.ScheduledTaskAdmin(ScheduledTask, orchestrator_admin.admin.site)
+    admin = task_admin()
     soon = make_scheduled_task("soon", cron="0 10 * * *", timezone="UTC")
     later = make_scheduled_task("later", cron="30 6 * * *", timezone="Europe/Paris")
 
@@ -753,3 +756,35 @@ def test_run_history_query_count_does_not_grow_with_the_number_of_runs(admin_cli
     for i in range(1, 30):
         make_run(make_scheduled_task(f"task-{i}", definition=task.task_definition))
     assert count_queries() == one
+
+
+def test_definition_changelist_query_count_does_not_grow(admin_client):
+    def count_queries() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(DEFINITIONS_URL).status_code == 200
+        return len(queries)
+
+    make_scheduled_task("task-0", "tests.sample_tasks.noop")
+    one = count_queries()
+    for i in range(1, 20):
+        definition = make_definition(f"def-{i}", "tests.sample_tasks.noop")
+        make_scheduled_task(f"task-{i}", definition=definition)
+    assert count_queries() == one
+
+
+# --- the notifications admin hook ---
+
+
+def test_a_missing_notifications_package_is_tolerated():
+    missing = ModuleNotFoundError("No module", name="orchestrator.notifications")
+    with mock.patch("importlib.util.find_spec", side_effect=missing):
+        assert orchestrator_admin._notifications_admin_exists() is False
+
+
+def test_other_import_errors_from_the_notifications_package_surface():
+    broken = ModuleNotFoundError("No module named 'slack_sdk'", name="slack_sdk")
+    with (
+        mock.patch("importlib.util.find_spec", side_effect=broken),
+        pytest.raises(ModuleNotFoundError),
+    ):
+        orchestrator_admin._notifications_admin_exists()
