@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 .PHONY: setup demo test lint bench
 
 setup: $(VENV)/.installed
+	bash scripts/setup-browser.sh
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

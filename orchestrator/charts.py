@@ -125,16 +125,28 @@ def duration_chart(points: Sequence[RunPoint], *, width: int = 760, height: int 
         f'fill="#424242">0</text>',
     ]
     if points:
+        # At least 40 slots, filled from the right, so a handful of runs keeps narrow bars.
+        slot = (plot_width - 2) / max(len(points), 40)
+        used = slot * len(points)
+        start = axis_left + 2 + (plot_width - 2 - used)
         parts += _bars(
-            points, left=axis_left + 2, top=top, width=plot_width - 2, height=plot_height, gap=2
+            points,
+            left=start,
+            top=top,
+            width=used,
+            height=plot_height,
+            gap=min(2.0, slot / 4),
         )
         first, last = points[0].started_at, points[-1].started_at
-        parts += [
-            f'<text x="{axis_left}" y="{height - 8}" font-size="11" fill="#424242">'
-            f"{escape(first.strftime('%Y-%m-%d %H:%M'))}</text>",
+        parts.append(
             f'<text x="{width - 8}" y="{height - 8}" text-anchor="end" font-size="11" '
-            f'fill="#424242">{escape(last.strftime("%Y-%m-%d %H:%M"))}</text>',
-        ]
+            f'fill="#424242">{escape(last.strftime("%Y-%m-%d %H:%M"))}</text>'
+        )
+        if used > 260:  # room for both dates without overlap
+            parts.append(
+                f'<text x="{start:.1f}" y="{height - 8}" font-size="11" fill="#424242">'
+                f"{escape(first.strftime('%Y-%m-%d %H:%M'))}</text>"
+            )
     else:
         parts.append(
             f'<text x="{axis_left + plot_width / 2}" y="{top + plot_height / 2}" '

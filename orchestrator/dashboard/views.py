@@ -8,6 +8,7 @@ works without JavaScript; they answer with a redirect back to the page they came
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -138,6 +139,7 @@ def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "rate": stats.task_success_rate(task, now=now),
         "page": page,
         "chart": mark_safe(charts.duration_chart(stats.task_history_points(task))),
+        "kwargs_json": json.dumps(task.kwargs, sort_keys=True),
         "policy": policy,
         "retry_delays": [charts.format_seconds(d) for d in delays[:RETRY_DELAYS_SHOWN]],
         "more_retries": max(len(delays) - RETRY_DELAYS_SHOWN, 0),
