@@ -8,14 +8,17 @@ Celery request to :func:`orchestrator.dispatcher.run_task` and turns a retry out
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import TimeLimitExceeded
+from celery.exceptions import Ignore, TimeLimitExceeded
 from celery.signals import task_failure, task_revoked
+from django.utils import timezone
 
 from orchestrator import dispatcher, signals
+from orchestrator.conf import conf
 from orchestrator.dispatcher import TASK_NAME, Action
 from orchestrator.models import ScheduledTask, TaskRun
 
@@ -24,7 +27,10 @@ logger = logging.getLogger(__name__)
 
 @shared_task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
 def run_scheduled_task(
-    self: Task, scheduled_task_id: int, trigger: str = TaskRun.Trigger.SCHEDULE
+    self: Task,
+    scheduled_task_id: int,
+    trigger: str = TaskRun.Trigger.SCHEDULE,
+    not_before: str | None = None,
 ) -> dict[str, Any] | None:
     """Run one attempt of a scheduled task; retry it through the broker when its policy says so.
 
@@ -32,8 +38,15 @@ def run_scheduled_task(
     worker slot is free while it waits), sent with the countdown, ``max_retries``, queue,
     priority, expiry and time limit taken from the task as loaded for this attempt: Celery would
     otherwise fall back to its own defaults or the wrong queue (celery#8357).
+
+    A retry due later than ``ORCHESTRATOR["MAX_BROKER_COUNTDOWN"]`` waits in hops: the message
+    carries ``not_before`` (an ISO 8601 time) and, arriving early, sends itself on again without
+    running, because an ETA message held longer than Redis' ``visibility_timeout`` is delivered
+    twice and RabbitMQ closes the channel after ``consumer_timeout``.
     """
     request = self.request
+    if not_before:
+        _wait_until_due(self, scheduled_task_id, trigger, not_before)
     delivery = request.delivery_info or {}
     outcome = dispatcher.run_task(
         scheduled_task_id,
@@ -46,19 +59,53 @@ def run_scheduled_task(
     )
     if outcome.action is Action.RETRY:
         task = outcome.scheduled_task
-        assert task is not None  # a retry outcome always carries its task
+        assert task is not None and outcome.run is not None  # a retry outcome carries both
+        kwargs: dict[str, Any] = {"trigger": trigger}
+        countdown = outcome.countdown
+        if countdown > conf.MAX_BROKER_COUNTDOWN and outcome.run.next_retry_at is not None:
+            kwargs["not_before"] = outcome.run.next_retry_at.isoformat()
+            countdown = float(conf.MAX_BROKER_COUNTDOWN)
         options = dispatcher.message_options(task, outcome.countdown)
         options["queue"] = options["queue"] or _default_queue(self)
         raise self.retry(
             args=[scheduled_task_id],
-            kwargs={"trigger": trigger},
-            countdown=outcome.countdown,
+            kwargs=kwargs,
+            countdown=countdown,
             max_retries=outcome.max_retries,
             **options,
         )
     if outcome.run is None:
         return None
     return {"run": outcome.run.pk, "status": outcome.run.status, "attempt": outcome.run.attempt}
+
+
+def _wait_until_due(self: Task, scheduled_task_id: int, trigger: str, not_before: str) -> None:
+    """Return if ``not_before`` has come; otherwise send this message on and stop here.
+
+    The next hop keeps the Celery task id and retry count, so the attempt it finally runs is
+    numbered as the retry it is. Stopping raises Ignore: the message is acknowledged and
+    nothing is recorded. A scheduled task that is gone returns at once, for run_task to drop.
+    """
+    remaining = (dt.datetime.fromisoformat(not_before) - timezone.now()).total_seconds()
+    if remaining <= 0:
+        return
+    task = ScheduledTask.objects.filter(pk=scheduled_task_id).first()
+    if task is None:
+        return
+    options = dispatcher.message_options(task, remaining)
+    options["queue"] = options["queue"] or _default_queue(self)
+    self.apply_async(
+        args=[scheduled_task_id],
+        kwargs={"trigger": trigger, "not_before": not_before},
+        task_id=self.request.id,
+        retries=self.request.retries,
+        countdown=min(remaining, float(conf.MAX_BROKER_COUNTDOWN)),
+        **options,
+    )
+    logger.info(
+        "Retry of task %r not due before %s; waiting %.0f s more", task.name, not_before, remaining
+    )
+    raise Ignore()
 
 
 def _default_queue(task: Task) -> str:
@@ -123,4 +170,6 @@ def _on_task_revoked(
         _record_lost(task_id, f"Revoked and terminated (signal {signum}).", "Revoked", final=False)
     except Exception:
         logger.exception("Could not record the revoked attempt of Celery task %s", task_id)
+
+
 from orchestrator.notifications.tasks import deliver_notification  # noqa: E402,F401

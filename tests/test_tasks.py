@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -11,6 +12,7 @@ from celery.exceptions import Retry, TimeLimitExceeded
 from celery.signals import task_failure, task_revoked
 from django.conf import settings
 from django.test import override_settings
+from freezegun import freeze_time
 
 from orchestrator import signals
 from orchestrator.models import TaskRun
@@ -153,3 +155,69 @@ def test_failures_of_other_tasks_are_ignored() -> None:
     )
     run.refresh_from_db()
     assert run.status == TaskRun.Status.RUNNING
+
+
+MAX_COUNTDOWN = {**settings.ORCHESTRATOR, "MAX_BROKER_COUNTDOWN": 1800}
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+@freeze_time(NOW)
+@override_settings(ORCHESTRATOR=MAX_COUNTDOWN)
+def test_a_retry_due_later_than_the_broker_can_hold_waits_in_hops() -> None:
+    task = make_scheduled_task(
+        "slow-retry",
+        "tests.sample_tasks.always_fails",
+        max_retries=1,
+        retry_backoff="fixed",
+        retry_delay=7200,
+        retry_backoff_max=7200,
+    )
+    with mock.patch.object(run_scheduled_task, "retry", side_effect=Retry()) as retry:
+        run_scheduled_task.apply(args=[task.pk])
+
+    due = NOW + dt.timedelta(seconds=7200)
+    assert TaskRun.objects.get().next_retry_at == due
+    assert retry.call_args.kwargs["countdown"] == 1800.0
+    assert retry.call_args.kwargs["kwargs"] == {
+        "trigger": "schedule",
+        "not_before": due.isoformat(),
+    }
+
+
+@freeze_time(NOW)
+@override_settings(ORCHESTRATOR=MAX_COUNTDOWN)
+def test_a_hop_that_arrives_early_sends_itself_on_without_running() -> None:
+    task = make_scheduled_task("slow-retry", "tests.sample_tasks.noop", expires=60)
+    not_before = (NOW + dt.timedelta(seconds=5000)).isoformat()
+
+    with mock.patch.object(run_scheduled_task, "apply_async") as apply_async:
+        result = run_scheduled_task.apply(
+            args=[task.pk], kwargs={"not_before": not_before}, retries=2, task_id="c-9"
+        )
+
+    assert result.state == "IGNORED"
+    assert not TaskRun.objects.exists()
+    apply_async.assert_called_once_with(
+        args=[task.pk],
+        kwargs={"trigger": "schedule", "not_before": not_before},
+        task_id="c-9",
+        retries=2,
+        countdown=1800.0,
+        queue="celery",
+        priority=None,
+        expires=5060.0,
+        time_limit=None,
+    )
+
+
+@freeze_time(NOW)
+def test_a_hop_that_is_due_runs_the_attempt_it_carries() -> None:
+    task = make_scheduled_task("slow-retry", "tests.sample_tasks.noop")
+    not_before = (NOW - dt.timedelta(seconds=1)).isoformat()
+
+    with mock.patch.object(run_scheduled_task, "apply_async") as apply_async:
+        run_scheduled_task.apply(args=[task.pk], kwargs={"not_before": not_before}, retries=1)
+
+    apply_async.assert_not_called()
+    run = TaskRun.objects.get()
+    assert (run.attempt, run.status) == (2, TaskRun.Status.SUCCEEDED)
