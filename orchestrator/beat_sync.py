@@ -79,6 +79,8 @@ class SyncReport:
     errors: list[SyncError] = field(default_factory=list)
     plan: list[str] = field(default_factory=list)
     dry_run: bool = False
+    # ScheduledTask pk -> its PeriodicTask pk, for the tasks synced (not filled by a dry run).
+    periodic_task_ids: dict[int, int] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -292,6 +294,10 @@ def beat_sync(
             return report
         if plan.creates or plan.updates or plan.deletes or plan.relinks:
             _apply(plan, crontabs)
+        report.periodic_task_ids = {pk: periodic.pk for pk, periodic in by_task.items()}
+        report.periodic_task_ids.update(
+            (task.pk, periodic.pk) for task, periodic in plan.relinks
+        )
     return report
 
 
@@ -375,7 +381,9 @@ def remove(scheduled_task_id: int, periodic_task_id: int | None) -> None:
 def _on_scheduled_task_saved(sender: type, instance: ScheduledTask, raw: bool, **kwargs: Any):
     if raw:  # loaddata: fixtures may arrive before their definitions
         return
-    beat_sync(ScheduledTask.objects.filter(pk=instance.pk))
+    report = beat_sync(ScheduledTask.objects.filter(pk=instance.pk))
+    # The caller's instance sees its PeriodicTask without a refresh_from_db().
+    instance.periodic_task_id = report.periodic_task_ids.get(instance.pk, instance.periodic_task_id)
 
 
 def _on_scheduled_task_deleted(sender: type, instance: ScheduledTask, **kwargs: Any) -> None:

@@ -146,10 +146,12 @@ class ScheduledTask(models.Model):
         "backoff", max_length=20, choices=Backoff.choices, default=Backoff.EXPONENTIAL
     )
     retry_delay = models.PositiveIntegerField(
-        "retry delay", default=60, help_text="Seconds before the first retry."
+        "retry delay (s)", default=60, help_text="Seconds before the first retry."
     )
     retry_backoff_max = models.PositiveIntegerField(
-        "maximum delay", default=3600, help_text="No retry waits longer than this many seconds."
+        "maximum delay (s)",
+        default=3600,
+        help_text="No retry waits longer than this many seconds.",
     )
     retry_jitter = models.BooleanField(
         "jitter",
@@ -169,12 +171,13 @@ class ScheduledTask(models.Model):
         help_text="Celery queue; blank uses the default queue.",
     )
     expires = models.PositiveIntegerField(
+        "expires (s)",
         null=True,
         blank=True,
         help_text="Seconds after which a run that has not started is discarded.",
     )
     time_limit = models.PositiveIntegerField(
-        "time limit",
+        "time limit (s)",
         null=True,
         blank=True,
         validators=[MinValueValidator(1)],
@@ -294,6 +297,11 @@ class TaskRun(models.Model):
     queue = models.CharField(max_length=200, blank=True)
     priority = models.PositiveSmallIntegerField(null=True, blank=True)
     next_retry_at = models.DateTimeField(null=True, blank=True)
+    retry_sent_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the retry that follows this attempt was handed to the broker.",
+    )
     scheduled_for = models.DateTimeField(
         null=True, blank=True, help_text="The schedule tick this run belongs to."
     )
@@ -305,9 +313,19 @@ class TaskRun(models.Model):
             models.Index(fields=["scheduled_task", "-started_at"], name="orch_run_task_started"),
             models.Index(fields=["status", "-started_at"], name="orch_run_status_started"),
         ]
+        constraints = [
+            # One live run per scheduled task, schedule tick and attempt: a second beat or a
+            # redelivered message for the same tick cannot run the function twice. Lost attempts
+            # step aside so the redelivered message can record its own.
+            models.UniqueConstraint(
+                fields=["scheduled_task", "scheduled_for", "attempt"],
+                condition=models.Q(scheduled_for__isnull=False) & ~models.Q(status="lost"),
+                name="orch_run_one_per_tick",
+            )
+        ]
 
     def __str__(self) -> str:
-        return f"{self.scheduled_task_id} attempt {self.attempt}: {self.status}"
+        return f"{self.scheduled_task} attempt {self.attempt}: {self.get_status_display()}"
 
 
 class NotificationChannel(models.Model):

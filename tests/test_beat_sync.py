@@ -37,8 +37,7 @@ def test_saving_a_task_writes_its_periodic_task():
         expires=300,
     )
     periodic = periodic_of(task)
-    task.refresh_from_db()
-    assert task.periodic_task_id == periodic.pk
+    assert task.periodic_task_id == periodic.pk  # the saved instance is linked at once
     assert periodic.task == DISPATCH_TASK_NAME
     assert json.loads(periodic.args) == [task.pk]
     assert json.loads(periodic.kwargs) == {}
