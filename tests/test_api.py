@@ -426,7 +426,7 @@ def test_channel_targets_are_masked_in_every_response(admin_api: APIClient) -> N
         format="json",
     )
     assert created.status_code == 201, created.content
-    assert created.json()["target"] == "https://hooks.slack.com/…/ijkl"
+    assert created.json()["target"] == "https://hooks.slack.com/…ijkl"
     pk = created.json()["id"]
     for response in (
         admin_api.get(url("api-channel-list")),
@@ -438,6 +438,13 @@ def test_channel_targets_are_masked_in_every_response(admin_api: APIClient) -> N
         assert HOOK not in body and "T000" not in body
     # A PATCH without a target keeps the stored one.
     assert NotificationChannel.objects.get(pk=pk).target == HOOK
+
+
+def test_channel_errors_never_show_the_target(admin_api: APIClient) -> None:
+    channel = make_channel("slack", kind="slack", target=HOOK)
+    NotificationChannel.objects.filter(pk=channel.pk).update(last_error=f"POST {HOOK}: 404")
+    body = admin_api.get(url("api-channel-detail", channel.pk)).content.decode()
+    assert HOOK not in body and "abcdefghijkl" not in body
 
 
 def test_channels_that_are_not_secrets_are_shown(admin_api: APIClient) -> None:

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from orchestrator import charts
-from orchestrator.dashboard.display import mask_target
+from orchestrator.dashboard.display import mask_channel_target, mask_target
 from orchestrator.models import ScheduledTask, TaskRun
 from tests.utils import make_channel, make_definition, make_run, make_scheduled_task
 
@@ -381,7 +381,7 @@ def test_detail_shows_channels_with_secrets_masked(
     html = admin_client_.get(reverse("orchestrator:task-detail", args=[task.pk])).content.decode()
     assert "alerts" in html
     assert hook not in html and "T000" not in html
-    assert "https://hooks.slack.com/…/ijkl" in html
+    assert "https://hooks.slack.com/…ijkl" in html
 
 
 def test_detail_falls_back_to_default_channels(task: ScheduledTask, admin_client_: Client) -> None:
@@ -417,6 +417,19 @@ def test_unknown_task_is_404(admin_client_: Client) -> None:
 )
 def test_mask_target_hides_urls_but_not_channel_names(target: str, shown: str) -> None:
     assert mask_target(target) == shown
+
+
+def test_channel_kinds_that_mask_nothing_still_get_urls_masked() -> None:
+    from orchestrator.models import NotificationChannel
+
+    custom = NotificationChannel(kind="teams", target="https://example.com/webhook/s3cr3t-token")
+    assert mask_channel_target(custom) == "https://example.com/…/oken"
+    slack = NotificationChannel(
+        kind="slack", target="https://hooks.slack.com/services/T/B/abcd1234"
+    )
+    assert mask_channel_target(slack) == "https://hooks.slack.com/…1234"  # as the admin shows it
+    email = NotificationChannel(kind="email", target="ops@example.com")
+    assert mask_channel_target(email) == "ops@example.com"
 
 
 def test_charts_escape_their_labels_and_draw_one_bar_per_run() -> None:

@@ -17,8 +17,9 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
-from orchestrator.dashboard.display import mask_target
+from orchestrator.dashboard.display import mask_channel_target
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition, TaskRun
+from orchestrator.notifications.redact import redact
 
 
 def as_drf_error(err: DjangoValidationError) -> serializers.ValidationError:
@@ -148,7 +149,7 @@ class TaskRunSerializer(serializers.ModelSerializer):
 class NotificationChannelSerializer(FullCleanModelSerializer):
     """A channel whose ``target`` is write-only in clear and read back masked.
 
-    Webhook URLs carry their credential, so responses show ``https://hooks.slack.com/…/abcd``;
+    Webhook URLs carry their credential, so responses show ``https://hooks.slack.com/…abcd``;
     a PATCH that leaves ``target`` out keeps the stored one.
     """
 
@@ -179,7 +180,10 @@ class NotificationChannelSerializer(FullCleanModelSerializer):
 
     def to_representation(self, instance: NotificationChannel) -> dict[str, Any]:
         data = super().to_representation(instance)
-        data["target"] = mask_target(instance.target)
+        data["target"] = mask_channel_target(instance)
+        # Delivery errors are stored redacted; redacting again costs nothing and guards against a
+        # channel class that let its own URL into a message.
+        data["last_error"] = redact(instance.last_error, [instance.target])
         return data
 
 

@@ -27,7 +27,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from orchestrator import charts
 from orchestrator.dashboard import stats
-from orchestrator.dashboard.display import mask_target
+from orchestrator.dashboard.display import mask_channel_target
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskRun
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "retry_delays": [charts.format_seconds(d) for d in delays[:RETRY_DELAYS_SHOWN]],
         "more_retries": max(len(delays) - RETRY_DELAYS_SHOWN, 0),
         "channels": [
-            {"channel": channel, "target": mask_target(channel.target)} for channel in channels
+            {"channel": channel, "target": mask_channel_target(channel)} for channel in channels
         ],
         "uses_default_channels": uses_defaults,
         "can_run": request.user.has_perm(RUN_PERM),
