@@ -52,3 +52,14 @@ def sleep(seconds: float = 1.0) -> float:
 
 
 not_callable = 42
+
+
+def hang_once(counter_file: str, pid_file: str, seconds: float = 30.0) -> str:
+    """Hang on the first call, after writing its process id to ``pid_file``; later ones return."""
+    path = Path(counter_file)
+    calls = int(path.read_text() or 0) + 1 if path.exists() else 1
+    path.write_text(str(calls))
+    if calls == 1:
+        Path(pid_file).write_text(str(os.getpid()))
+        time.sleep(seconds)
+    return f"call {calls}"

@@ -7,6 +7,8 @@ broker, as beat and the admin do; assertions read the run history the worker wro
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,27 @@ def test_an_attempt_killed_at_its_hard_time_limit_is_recorded_lost(start_worker)
     assert run.finished_at is not None
     assert run.duration.total_seconds() < 10
     assert "Hard time limit (1s) exceeded" in worker.log()
+
+
+def test_an_attempt_whose_worker_process_dies_runs_again_and_the_dead_row_is_lost(
+    start_worker, scratch_dir: Path
+) -> None:
+    pid_file = scratch_dir / "pid"
+    task = make_scheduled_task(
+        "fragile",
+        "tests.sample_tasks.hang_once",
+        kwargs={"counter_file": str(scratch_dir / "calls"), "pid_file": str(pid_file)},
+        max_retries=0,
+    )
+    start_worker()
+
+    enqueue(task)
+    pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=20))
+    os.kill(pid, signal.SIGKILL)  # the pool process running the attempt, not the worker
+    runs = wait_until(lambda: finished_runs(task.pk, 2), timeout=30)
+
+    # reject_on_worker_lost put the message back; the redelivered attempt ran to the end.
+    assert [(r.attempt, r.status) for r in runs] == [(1, "lost"), (1, "succeeded")]
+    assert runs[0].error_type == "WorkerLost"
+    assert runs[0].celery_task_id == runs[1].celery_task_id
+    assert runs[1].result == "call 2"
