@@ -2,7 +2,7 @@
 
 The launcher tests start the real thing as a subprocess: migrations on a fresh SQLite file in a
 temporary DEMO_DIR, kombu's filesystem broker, runserver, a Celery worker and beat. They need no
-external service, so they are not marked ``integration``.
+external service, so they are not marked ``integration``; only the Redis variant is.
 """
 
 from __future__ import annotations
@@ -12,19 +12,24 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+from tests.conftest import services_required
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo"
 RUN = DEMO / "run.py"
 START_TIMEOUT = 60.0
 CHECK_TIMEOUT = 120.0
+DEMO_REDIS_DB = 11
 
 
 def free_port() -> int:
@@ -147,6 +152,42 @@ def test_check_mode_runs_a_scheduled_task_end_to_end(launch: Callable[..., Demo]
     assert "check: run recorded: Sales report (EMEA)" in output
     assert "check: every scheduled task has its django-celery-beat PeriodicTask" in output
     assert "check: the demo works end to end" in output
+
+
+def demo_redis_url() -> str:
+    """The test broker's Redis server, on a database of the demo's own (never db 0)."""
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    if not url.startswith(("redis://", "rediss://")):
+        message = "the Redis variant of the demo needs CELERY_BROKER_URL=redis://..."
+        if services_required():
+            pytest.fail(message)
+        pytest.skip(message)
+    return urlunsplit(urlsplit(url)._replace(path=f"/{DEMO_REDIS_DB}"))
+
+
+@pytest.mark.integration
+def test_check_mode_with_redis_sends_native_priorities(
+    launch: Callable[..., Demo], tmp_path: Path
+) -> None:
+    import redis
+
+    url = demo_redis_url()
+    redis.Redis.from_url(url).flushdb()  # messages left by an earlier run of this test
+    demo = launch("--check", CELERY_BROKER_URL=url, DEMO_CHECK_TIMEOUT="90")
+
+    code = demo.wait(CHECK_TIMEOUT)
+
+    assert code == 0, demo.output()[-8000:]
+    with contextlib.closing(sqlite3.connect(tmp_path / "demo" / "db.sqlite3")) as db:
+        priorities = dict(
+            db.execute(
+                "SELECT s.name, p.priority FROM orchestrator_scheduledtask s "
+                "JOIN django_celery_beat_periodictask p ON p.id = s.periodic_task_id"
+            ).fetchall()
+        )
+    # Redis serves 0 first: orchestrator's 9 (most urgent) is sent as 0.
+    assert priorities["ERP order sync"] == 0
+    assert priorities["Search index rebuild"] == 7
 
 
 @needs_proc
