@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import DatabaseError
 from django.db.models import OuterRef, Subquery
 from django.dispatch import Signal
 from django.utils import timezone
@@ -369,6 +370,18 @@ def mark_lost(
             runs, ["status", "finished_at", "duration", "error_type", "error_message"]
         )
     return runs
+
+
+def mark_retry_sent(run: TaskRun, now: Callable[[], dt.datetime] = timezone.now) -> None:
+    """Record that the retry following ``run`` was handed to the broker.
+
+    A failure to write it is logged, never raised: the retry is on its way either way, and
+    raising here would fail an attempt whose outcome is already recorded.
+    """
+    try:
+        TaskRun.objects.filter(pk=run.pk).update(retry_sent_at=now())
+    except DatabaseError:
+        logger.exception("Could not record the retry of run %s as sent", run.pk)
 
 
 def message_options(task: ScheduledTask, countdown: float = 0.0) -> dict[str, Any]:

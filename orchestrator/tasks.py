@@ -67,13 +67,18 @@ def run_scheduled_task(
             countdown = float(conf.MAX_BROKER_COUNTDOWN)
         options = dispatcher.message_options(task, outcome.countdown)
         options["queue"] = options["queue"] or _default_queue(self)
-        raise self.retry(
+        # throw=False: the retry message is sent (or Reject raised) before we get it back, so
+        # retry_sent_at says the broker has it; a retried row without it was never handed over.
+        retry = self.retry(
             args=[scheduled_task_id],
             kwargs=kwargs,
             countdown=countdown,
             max_retries=outcome.max_retries,
+            throw=False,
             **options,
         )
+        dispatcher.mark_retry_sent(outcome.run)
+        raise retry
     if outcome.run is None:
         return None
     return {"run": outcome.run.pk, "status": outcome.run.status, "attempt": outcome.run.attempt}

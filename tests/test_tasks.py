@@ -51,6 +51,7 @@ def test_a_flaky_function_is_retried_until_it_succeeds(tmp_path: Path) -> None:
     ]
     assert len({r.celery_task_id for r in runs}) == 1  # a retry keeps the Celery task id
     assert all(r.trigger == "schedule" and r.max_attempts == 4 for r in runs)
+    assert [r.retry_sent_at is not None for r in runs] == [True, True, False]
 
 
 def test_a_retry_passes_every_option_explicitly() -> None:
@@ -66,7 +67,7 @@ def test_a_retry_passes_every_option_explicitly() -> None:
     )
     with (
         override_settings(ORCHESTRATOR={**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "redis"}),
-        mock.patch.object(run_scheduled_task, "retry", side_effect=Retry()) as retry,
+        mock.patch.object(run_scheduled_task, "retry", return_value=Retry()) as retry,
     ):
         run_scheduled_task.apply(args=[task.pk], kwargs={"trigger": "api"})
 
@@ -79,7 +80,9 @@ def test_a_retry_passes_every_option_explicitly() -> None:
         priority=0,
         expires=37.0,
         time_limit=20,
+        throw=False,
     )
+    assert TaskRun.objects.get().retry_sent_at is not None
 
 
 def test_a_message_for_a_deleted_task_is_dropped_not_retried() -> None:
@@ -172,7 +175,7 @@ def test_a_retry_due_later_than_the_broker_can_hold_waits_in_hops() -> None:
         retry_delay=7200,
         retry_backoff_max=7200,
     )
-    with mock.patch.object(run_scheduled_task, "retry", side_effect=Retry()) as retry:
+    with mock.patch.object(run_scheduled_task, "retry", return_value=Retry()) as retry:
         run_scheduled_task.apply(args=[task.pk])
 
     due = NOW + dt.timedelta(seconds=7200)

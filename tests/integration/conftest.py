@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,9 +121,28 @@ class CeleryProcess:
 
 
 def log_path_for(request: pytest.FixtureRequest, kind: str, index: int) -> Path:
-    """A log file named after the test; parametrised ids may hold '/' or spaces."""
+    """A log file named after the test and this pytest process.
+
+    Parametrised ids may hold '/' or spaces; the process id keeps two sessions running the
+    same test in one checkout from writing (and reading) each other's logs.
+    """
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
-    return ARTIFACTS / f"{name}-{kind}{index}.log"
+    folder = ARTIFACTS / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}-{kind}{index}-{os.getpid()}.log"
+
+
+@pytest.fixture
+def scratch_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder that worker subprocesses can read and write too, unique to this session.
+
+    Overrides tests/conftest.py's, whose path is the same for the same test in every session:
+    two sessions running one test at once would share (and delete) each other's files.
+    """
+    path = ARTIFACTS / "scratch" / f"{os.getpid()}-{tmp_path.name}"
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def purge_queues(queues: list[str]) -> None:

@@ -60,6 +60,8 @@ def test_a_flaky_task_is_retried_through_the_broker_then_succeeds(
         assert earlier.next_retry_at is not None
         assert (later.started_at - earlier.started_at).total_seconds() >= 1.0
         assert later.started_at >= earlier.next_retry_at
+        assert earlier.retry_sent_at is not None
+        assert earlier.finished_at <= earlier.retry_sent_at <= later.started_at
     assert len({r.celery_task_id for r in runs}) == 1
     assert {(r.trigger, r.queue, r.max_attempts) for r in runs} == {("manual", "celery", 4)}
     assert all(r.worker.startswith("w") for r in runs)
