@@ -29,6 +29,7 @@ from django.utils import timezone
 from orchestrator import callables, signals
 from orchestrator.conf import conf
 from orchestrator.models import ScheduledTask, TaskRun
+from orchestrator.policies.retry import RetryPolicy
 from orchestrator.routing import native_priority
 
 if TYPE_CHECKING:
@@ -45,6 +46,10 @@ FINAL_STATUSES = (TaskRun.Status.SUCCEEDED, TaskRun.Status.FAILED, TaskRun.Statu
 FAILED_FINAL_STATUSES = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
 
 _TRUNCATION_MARK = "… [{count} characters cut]"
+
+
+class InvalidTaskError(Exception):
+    """The scheduled task's row cannot run as it stands (it was edited around validation)."""
 
 
 class Action(enum.StrEnum):
@@ -227,11 +232,15 @@ def run_task(
         )
 
     definition = task.task_definition
-    policy = task.retry_policy()
+    try:
+        policy: RetryPolicy | None = task.retry_policy()
+    except ValueError as err:  # a policy field edited in the database to a value it refuses
+        policy = None
+        policy_error = err
     base = {
         "scheduled_task": task,
         "attempt": attempt,
-        "max_attempts": policy.max_attempts,
+        "max_attempts": policy.max_attempts if policy is not None else attempt,
         "trigger": trigger,
         "celery_task_id": celery_task_id[:255],
         "worker": worker[:255],
@@ -259,13 +268,15 @@ def run_task(
         return RunOutcome(Action.DONE, run, task)
 
     try:
+        if policy is None:
+            raise InvalidTaskError(f"its retry policy is invalid: {policy_error}")
         func = definition.resolve()
         if not isinstance(task.kwargs, dict):
-            raise callables.CallableError(
+            raise InvalidTaskError(
                 f"kwargs must be a JSON object, not a JSON {type(task.kwargs).__name__}."
             )
         callables.check_kwargs(func, task.kwargs)
-    except callables.CallableError as err:
+    except (callables.CallableError, InvalidTaskError) as err:
         # A configuration error: retrying cannot fix it, so it is final at once.
         started = now()
         run = TaskRun.objects.create(
@@ -284,6 +295,7 @@ def run_task(
         send_signal(signals.task_failed, run, task)
         return RunOutcome(Action.DONE, run, task)
 
+    assert policy is not None  # an invalid policy was refused above
     run = TaskRun.objects.create(**base, status=TaskRun.Status.RUNNING, started_at=now())
     error: Exception | None = None
     try:

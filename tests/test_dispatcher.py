@@ -177,6 +177,35 @@ def test_kwargs_that_no_longer_fit_the_function_fail_without_retry() -> None:
     assert "Unknown argument(s) c" in outcome.run.error_message
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"retry_backoff": "sometimes"}, "its retry policy is invalid"),
+        ({"kwargs": [1, 2]}, "kwargs must be a JSON object, not a JSON list"),
+    ],
+)
+def test_a_row_edited_around_validation_fails_clearly_without_running(
+    edit: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "calls.log"
+    task = make_scheduled_task(
+        "record",
+        "tests.sample_tasks.record",
+        kwargs={"log_file": str(log), "label": "called"},
+        max_retries=3,
+    )
+    ScheduledTask.objects.filter(pk=task.pk).update(**edit)
+
+    outcome = run_task(task.pk)
+
+    assert not log.exists()  # never called
+    assert outcome.action is Action.DONE
+    run = TaskRun.objects.get()
+    assert run.status == TaskRun.Status.FAILED
+    assert run.error_type == "orchestrator.dispatcher.InvalidTaskError"
+    assert message in run.error_message
+
+
 @freeze_time(NOW)
 def test_a_failed_attempt_is_retried_with_the_policy_delay(sent: list) -> None:
     task = make_scheduled_task(
