@@ -1,0 +1,227 @@
+"""Dispatch overhead: no-op runs through run_scheduled_task against a hand-written task.
+
+One real worker (prefork, Redis broker, PostgreSQL) runs both kinds in alternating blocks, so
+load from other processes on the machine falls on both alike. Each block is published to a
+new queue, then the worker is told to consume it (``add_consumer``): the block runs from a
+full queue and publishing never competes with it for the CPU. A new queue per block, because
+after ``cancel_consumer`` the worker's pending BRPOP on the old queue would take the next
+message published there and put it back marked "redelivered", which the dispatcher (rightly)
+treats as a possibly lost attempt, with an extra query. A block's
+time is taken from its own history rows (first start to last finish), so worker start-up,
+polling and publishing are not counted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from bench.baseline_tasks import BASELINE_TASK, DISPATCHER_TASK, parse_counts
+from bench.env import table
+from bench.processes import Worker, purge, wait_until
+
+IDLE_QUEUE = "bench-idle"
+WARM_UP = 50  # runs of each kind before measuring: imports, first connections, caches
+LABELS = {
+    DISPATCHER_TASK: "orchestrator.run_scheduled_task",
+    BASELINE_TASK: "hand-written @shared_task",
+}
+
+
+@dataclass
+class Tally:
+    """What one kind of task did over its measured blocks."""
+
+    runs: int = 0
+    seconds: float = 0.0
+    rss_growth_kib: int = 0
+    statements: list[int] = field(default_factory=list)
+    # How often each sequence of statements (verb:table, ...) was seen.
+    sequences: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def per_second(self) -> float:
+        return self.runs / self.seconds if self.seconds else 0.0
+
+
+def _scheduled_task(name: str) -> int:
+    from orchestrator.models import ScheduledTask, TaskDefinition
+
+    definition, _ = TaskDefinition.objects.get_or_create(
+        name="bench-noop", defaults={"import_path": "tests.sample_tasks.noop"}
+    )
+    task = ScheduledTask(name=name, task_definition=definition, cron="* * * * *", kwargs={})
+    task.full_clean()
+    task.save()
+    return task.pk
+
+
+def _publish(task_name: str, scheduled_task_id: int, count: int, queue: str) -> None:
+    from tests.celery_app import app
+
+    # The message beat sends for a ScheduledTask (args=[pk]); the same options for both kinds.
+    with app.producer_or_acquire() as producer:
+        for _ in range(count):
+            app.send_task(task_name, args=[scheduled_task_id], queue=queue, producer=producer)
+
+
+def _run_block(
+    worker: Worker, task_name: str, scheduled_task_id: int, count: int
+) -> tuple[float, int]:
+    """Run ``count`` messages of ``task_name``; return (seconds, pool RSS growth in KiB)."""
+    from django.db.models import Max, Min
+
+    from orchestrator.models import TaskRun
+    from tests.celery_app import app
+
+    rows = TaskRun.objects.filter(scheduled_task_id=scheduled_task_id)
+    last_id = rows.aggregate(last=Max("id"))["last"] or 0
+    block = rows.filter(id__gt=last_id)
+    queue = f"bench-dispatch-{uuid.uuid4().hex[:8]}"
+    _publish(task_name, scheduled_task_id, count, queue)
+    rss_before = worker.pool_rss_kib()
+    app.control.add_consumer(queue, destination=[worker.hostname], reply=True, timeout=10)
+    try:
+        wait_until(
+            lambda: block.filter(finished_at__isnull=False).count() >= count,
+            timeout=60 + count / 5,
+            interval=0.2,
+            what=f"{count} runs of {task_name}",
+        )
+    finally:
+        app.control.cancel_consumer(queue, destination=[worker.hostname], reply=True, timeout=10)
+    rss_after = worker.pool_rss_kib()
+    span = block.aggregate(first=Min("started_at"), last=Max("finished_at"))
+    seconds = (span["last"] - span["first"]).total_seconds()
+    # The span runs from the first start to the last finish: count-1 gaps plus one run. Scale
+    # it so the rate counts whole runs (it matters only for tiny blocks).
+    seconds *= count / max(count - 1, 1)
+    return seconds, rss_after - rss_before
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One worker and what it runs: ``runs`` of the dispatcher and ``baseline_runs`` of the
+    hand-written task, split over ``rounds`` alternating blocks."""
+
+    concurrency: int
+    runs: int
+    baseline_runs: int
+    rounds: int
+    persistent_connections: bool = False
+    warm_up: int = WARM_UP
+
+    @property
+    def label(self) -> str:
+        return f"{self.concurrency}, {'persistent' if self.persistent_connections else 'per task'}"
+
+
+def measure(db_name: str, setup: Setup) -> dict[str, Tally]:
+    suffix = f"c{setup.concurrency}{'p' if setup.persistent_connections else ''}"
+    tasks = {
+        DISPATCHER_TASK: _scheduled_task(f"bench-dispatch-{suffix}"),
+        BASELINE_TASK: _scheduled_task(f"bench-baseline-{suffix}"),
+    }
+    per_block = {
+        DISPATCHER_TASK: setup.runs // setup.rounds,
+        BASELINE_TASK: setup.baseline_runs // setup.rounds,
+    }
+    tallies = {name: Tally() for name in tasks}
+    purge([IDLE_QUEUE])
+    with Worker(
+        queues=[IDLE_QUEUE],
+        concurrency=setup.concurrency,
+        db_name=db_name,
+        include=["bench.baseline_tasks"],
+        settings="bench.worker_settings" if setup.persistent_connections else "tests.settings",
+    ) as worker:
+        for name, pk in tasks.items():
+            _run_block(worker, name, pk, setup.warm_up)
+        for _ in range(setup.rounds):
+            for name, pk in tasks.items():
+                seconds, growth = _run_block(worker, name, pk, per_block[name])
+                tally = tallies[name]
+                tally.runs += per_block[name]
+                tally.seconds += seconds
+                tally.rss_growth_kib += growth
+        log = worker.log()
+    for name, counts in parse_counts(log).items():
+        tallies[name].statements = [count for count, _ in counts]
+        tallies[name].sequences = Counter(kinds for _, kinds in counts)
+    return tallies
+
+
+def _statements(counts: list[int]) -> str:
+    if not counts:
+        return "not logged"
+    low, high = min(counts), max(counts)
+    if low == high:
+        return str(low)
+    return f"{statistics.median(counts):g} (min {low}, max {high})"
+
+
+def run(setups: list[Setup]) -> str:
+    from django.db import connection
+
+    db_name = connection.settings_dict["NAME"]
+    rows = []
+    sequences: dict[str, Counter[str]] = {name: Counter() for name in LABELS}
+    for setup in setups:
+        tallies = measure(db_name, setup)
+        for name, tally in tallies.items():
+            sequences[name].update(tally.sequences)
+        baseline = tallies[BASELINE_TASK].per_second
+        for name, tally in tallies.items():
+            rows.append(
+                [
+                    setup.label,
+                    LABELS[name],
+                    tally.runs,
+                    f"{tally.per_second:,.1f}",
+                    f"{tally.per_second / baseline:.2f}" if baseline else "-",
+                    _statements(tally.statements),
+                    f"{tally.rss_growth_kib / 1024:+.1f}",
+                ]
+            )
+    notes = []
+    for name, seen in sequences.items():
+        total = sum(seen.values())
+        for kinds, times in seen.most_common(3):
+            notes.append(f"- {LABELS[name]}, {times:,} of {total:,} attempts: `{kinds}`")
+    return (
+        table(
+            [
+                "worker concurrency, DB connection",
+                "task",
+                "runs",
+                "runs/s",
+                "vs hand-written",
+                "SQL statements per successful attempt (target ≤ 3)",
+                "pool RSS growth MiB",
+            ],
+            rows,
+        )
+        + "\n\nStatements per successful attempt, as logged by the worker:\n\n"
+        + "\n".join(notes)
+    )
+
+
+def main(smoke: bool) -> str:
+    if smoke:
+        return run([Setup(concurrency=2, runs=200, baseline_runs=100, rounds=2, warm_up=10)])
+    return run(
+        [
+            # Django's default: a new connection per task. The dispatcher's 10,000 runs give
+            # the memory growth; fewer hand-written runs suffice for the rate.
+            Setup(concurrency=2, runs=10_000, baseline_runs=2_000, rounds=5),
+            Setup(
+                concurrency=1,
+                runs=2_000,
+                baseline_runs=2_000,
+                rounds=4,
+                persistent_connections=True,
+            ),
+        ]
+    )
