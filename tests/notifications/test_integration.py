@@ -73,7 +73,7 @@ def test_a_final_failure_reaches_slack_webhook_slack_bot_and_smtp(
     worker = start_worker(queues=["celery", QUEUE], **worker_env(fake_slack, smtp_server))
 
     enqueue(task)
-    deliveries = wait_until(lambda: finished_deliveries(3), timeout=30)
+    deliveries = wait_until(lambda: finished_deliveries(3), timeout=60)
 
     assert {(d.channel.name, d.status, d.attempts) for d in deliveries} == {
         ("webhook", "sent", 1),
@@ -113,7 +113,7 @@ def test_429_then_500_then_200_delivers_exactly_one_message(start_worker, fake_s
     start_worker(queues=["celery", QUEUE], **worker_env(fake_slack))
 
     enqueue(task)
-    (delivery,) = wait_until(lambda: finished_deliveries(1), timeout=30)
+    (delivery,) = wait_until(lambda: finished_deliveries(1), timeout=60)
 
     assert (delivery.status, delivery.attempts) == ("sent", 3)
     requests = fake_slack.received(WEBHOOK_PATH)
@@ -138,9 +138,9 @@ def test_a_storm_of_failures_yields_one_alert_and_one_recovery(
 
     for _ in range(6):  # five final failures, then a success
         enqueue(task)
-    runs = wait_until(lambda: runs_of(task.pk, 6), timeout=30)
+    runs = wait_until(lambda: runs_of(task.pk, 6), timeout=60)
     assert [r.status for r in runs] == ["failed"] * 5 + ["succeeded"]
-    wait_until(lambda: finished_deliveries(2), timeout=30)
+    wait_until(lambda: finished_deliveries(2), timeout=60)
     time.sleep(0.5)  # room for a wrongly sent extra alert to arrive before counting
 
     headers = [r.json["blocks"][0]["text"]["text"] for r in fake_slack.delivered()]
@@ -174,7 +174,7 @@ def test_a_dead_slack_leaves_the_tasks_retries_and_outcome_unchanged(start_worke
     notifier = start_worker(queues=[QUEUE], **worker_env())
 
     enqueue(task)
-    runs = wait_until(lambda: runs_of(task.pk, 3), timeout=30)
+    runs = wait_until(lambda: runs_of(task.pk, 3), timeout=60)
 
     assert [(r.attempt, r.status, r.error_type) for r in runs] == [
         (1, "retried", "RuntimeError"),
@@ -182,9 +182,9 @@ def test_a_dead_slack_leaves_the_tasks_retries_and_outcome_unchanged(start_worke
         (3, "failed", "RuntimeError"),
     ]
     for earlier, later in itertools.pairwise(runs):
-        # Each retry ran on time: within a second and a half of when it was due.
-        assert (later.started_at - earlier.next_retry_at).total_seconds() < 1.5
-    deliveries = wait_until(lambda: finished_deliveries(3), timeout=30)
+        # Each retry ran on time (a dead Slack with the default policy would cost up to 60 s).
+        assert (later.started_at - earlier.next_retry_at).total_seconds() < 3
+    deliveries = wait_until(lambda: finished_deliveries(3), timeout=60)
     assert [(d.event, d.status, d.attempts) for d in deliveries] == [
         ("retry", "failed", 4),
         ("retry", "failed", 4),
@@ -216,7 +216,7 @@ def test_the_built_in_failure_report_runs_on_a_worker_and_emails_the_failed_task
     start_worker(queues=["celery", QUEUE], **worker_env(smtp=smtp_server))
 
     enqueue(report)
-    (run,) = wait_until(lambda: runs_of(report.pk, 1), timeout=30)
+    (run,) = wait_until(lambda: runs_of(report.pk, 1), timeout=60)
 
     assert run.status == "succeeded", run.error_message
     assert run.result["sent"] == ["ops@example.com"]
