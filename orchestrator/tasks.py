@@ -15,12 +15,17 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import Ignore, TimeLimitExceeded
 from celery.signals import task_failure, task_revoked
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from orchestrator import dispatcher, signals
 from orchestrator.conf import conf
 from orchestrator.dispatcher import TASK_NAME, Action
 from orchestrator.models import ScheduledTask, TaskRun
+
+# Celery's autodiscovery imports only this module of the app: importing the notification
+# delivery task here is what registers it with the workers.
+from orchestrator.notifications.tasks import deliver_notification  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +126,11 @@ def _default_queue(task: Task) -> str:
 
 
 def _record_lost(task_id: str, message: str, error_type: str, *, final: bool) -> None:
+    # The worker's main process seldom touches the database: its connection may have been
+    # closed by the server since, which Django only notices here. A connection inside a
+    # transaction belongs to the caller (an in-process test) and is left alone.
+    if not connection.in_atomic_block:
+        close_old_connections()
     runs = dispatcher.mark_lost(task_id, message, error_type=error_type)
     if not final:
         return
@@ -175,6 +185,3 @@ def _on_task_revoked(
         _record_lost(task_id, f"Revoked and terminated (signal {signum}).", "Revoked", final=False)
     except Exception:
         logger.exception("Could not record the revoked attempt of Celery task %s", task_id)
-
-
-from orchestrator.notifications.tasks import deliver_notification  # noqa: E402,F401

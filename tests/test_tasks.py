@@ -126,7 +126,11 @@ def test_a_terminated_revoke_marks_the_attempt_lost_without_a_failure_signal() -
     task = make_scheduled_task()
     run = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c-2")
     failed: list[Any] = []
-    signals.task_failed.connect(failed.append, weak=False)
+
+    def on_failed(sender: Any, **kwargs: Any) -> None:
+        failed.append(kwargs["run"])
+
+    signals.task_failed.connect(on_failed, weak=False)
     try:
         task_revoked.send(
             sender=run_scheduled_task._get_current_object(),
@@ -136,7 +140,7 @@ def test_a_terminated_revoke_marks_the_attempt_lost_without_a_failure_signal() -
             expired=False,
         )
     finally:
-        signals.task_failed.disconnect(failed.append)
+        signals.task_failed.disconnect(on_failed)
 
     run.refresh_from_db()
     assert run.status == TaskRun.Status.LOST
