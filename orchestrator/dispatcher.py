@@ -85,9 +85,11 @@ def truncate(text: str, limit: int, *, keep: str = "head") -> str:
     """``text`` cut to at most ``limit`` characters, saying how much was cut.
 
     ``keep="tail"`` keeps the end instead (for tracebacks, whose last lines name the error).
-    NUL characters are replaced: PostgreSQL text columns refuse them.
+    NUL characters are replaced and unpaired surrogates (undecodable bytes read with
+    ``surrogateescape``) written as ``\\udcff`` escapes: PostgreSQL text columns refuse the first,
+    and UTF-8 cannot encode the second.
     """
-    text = text.replace("\x00", "\ufffd")
+    text = text.replace("\x00", "\ufffd").encode("utf-8", "backslashreplace").decode("utf-8")
     if limit <= 0:
         return ""
     if len(text) <= limit:
@@ -118,14 +120,24 @@ def json_safe_result(value: Any, limit: int) -> Any:
     """
     try:
         # allow_nan=False: PostgreSQL's jsonb refuses NaN and Infinity.
-        text = json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
+        # ensure_ascii=False leaves unpaired surrogates raw, for _is_utf8() to find: jsonb refuses
+        # their escapes as it refuses \u0000.
+        text = json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
         text = None
-    if text is None or "\\u0000" in text:
+    if text is None or "\\u0000" in text or not _is_utf8(text):
         return truncate(_safe_repr(value), limit)
     if len(text) > limit:
         return truncate(text, limit)
     return json.loads(text)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _safe_repr(value: Any) -> str:
