@@ -103,7 +103,8 @@ def check_kwargs(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
         for p in parameters
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
-    unknown = sorted(set(kwargs) - set(named))
+    # str(): names typed in a shell may be of any type, and sorting mixed types fails.
+    unknown = sorted(str(name) for name in set(kwargs) - set(named))
     if unknown and not takes_var_kwargs:
         raise CallableError(
             f"Unknown argument(s) {', '.join(unknown)}; the function accepts: "

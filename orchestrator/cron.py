@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from functools import lru_cache
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab
 
@@ -44,6 +44,21 @@ class CronFields:
 
     def __str__(self) -> str:
         return " ".join(getattr(self, name) for name in FIELD_NAMES)
+
+
+def load_zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``; raise :class:`CronError` when zoneinfo cannot load it.
+
+    Besides ZoneInfoNotFoundError and ValueError, zoneinfo lets OSError through for the names of
+    tzdata's folders ("Europe") and for names too long to be a file name: those must read as an
+    unknown zone, not crash a page that shows a row edited in the database.
+    """
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
+        raise CronError(
+            f"{name!r} is not a known time zone. Use an IANA name such as 'UTC' or 'Europe/Paris'."
+        ) from None
 
 
 def split(expression: str) -> CronFields:
@@ -106,7 +121,7 @@ def next_run(expression: str, timezone: str, after: dt.datetime) -> dt.datetime 
     Returns an aware datetime, or None when the expression never fires (such as Feb 30).
     """
     minutes, hours, days, months, weekdays = _expanded(str(validate(expression)))
-    zone = ZoneInfo(timezone)
+    zone = load_zone(timezone)
     local = after.astimezone(zone).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
     day = local.date()
     sorted_hours = sorted(hours)
@@ -129,7 +144,7 @@ def next_run(expression: str, timezone: str, after: dt.datetime) -> dt.datetime 
 def previous_run(expression: str, timezone: str, at: dt.datetime) -> dt.datetime | None:
     """The last time at or before ``at`` at which the expression fires (the current tick)."""
     minutes, hours, days, months, weekdays = _expanded(str(validate(expression)))
-    zone = ZoneInfo(timezone)
+    zone = load_zone(timezone)
     local = at.astimezone(zone).replace(second=0, microsecond=0)
     day = local.date()
     sorted_hours = sorted(hours, reverse=True)

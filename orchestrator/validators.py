@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import zoneinfo
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -12,6 +11,9 @@ from orchestrator import callables, cron
 from orchestrator.conf import conf
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+# Deeper keyword arguments are a mistake or an attack, and near Python's recursion limit they
+# break json.dumps wherever they are saved or shown.
+MAX_KWARGS_DEPTH = 32
 
 
 def validate_import_path_shape(value: str) -> None:
@@ -31,13 +33,9 @@ def validate_cron(value: str) -> None:
 
 def validate_timezone(value: str) -> None:
     try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
-        raise ValidationError(
-            f"{value!r} is not a known time zone. Use an IANA name such as 'UTC' or "
-            "'Europe/Paris'.",
-            code="timezone",
-        ) from None
+        cron.load_zone(value)
+    except cron.CronError as err:
+        raise ValidationError(str(err), code="timezone") from None
 
 
 def validate_kwargs_object(value: Any) -> None:
@@ -47,6 +45,57 @@ def validate_kwargs_object(value: Any) -> None:
             f"got a JSON {type(value).__name__}.",
             code="kwargs",
         )
+    _validate_storable_json(value)
+
+
+def _validate_storable_json(value: Any) -> None:
+    """Refuse JSON that parses but cannot be stored or shown.
+
+    PostgreSQL's jsonb refuses NUL characters and unpaired surrogates (a 500 on save otherwise),
+    and nesting deep enough to reach Python's recursion limit breaks encoding it again. The walk
+    is iterative for the same reason.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_KWARGS_DEPTH:
+            raise ValidationError(
+                f"Keyword arguments are nested more than {MAX_KWARGS_DEPTH} levels deep; "
+                "flatten them.",
+                code="kwargs",
+            )
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    # Only possible from Python (JSON keys are text); json.dumps would turn 1
+                    # into "1" or fail on a tuple.
+                    raise ValidationError(
+                        f"Argument names must be text; {key!r} is a {type(key).__name__}.",
+                        code="kwargs",
+                    )
+                _validate_storable_text(key)
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            _validate_storable_text(item)
+
+
+def _validate_storable_text(text: str) -> None:
+    if "\x00" in text:
+        raise ValidationError(
+            "Remove the NUL character (\\u0000) from the keyword arguments: "
+            "the database cannot store it.",
+            code="kwargs",
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            "Remove the unpaired surrogate (a \\ud800-\\udfff escape) from the keyword "
+            "arguments: it is not valid Unicode.",
+            code="kwargs",
+        ) from None
 
 
 def validate_queue_name(value: str) -> None:
