@@ -22,8 +22,10 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import widgets as admin_widgets
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.forms.fields import InvalidJSONInput
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
@@ -292,9 +294,33 @@ class ScheduledTaskChangeListForm(forms.ModelForm):
         }
 
 
+class KwargsFormField(forms.JSONField):
+    """Django's JSONField, with JSON nested past Python's recursion limit as a form error.
+
+    ``json.loads`` raises RecursionError (not JSONDecodeError) for such input, which Django's
+    field lets through as a server error, both when cleaning and when showing the form again.
+    """
+
+    def to_python(self, value: Any) -> Any:
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            raise ValidationError(
+                "This JSON is nested too deeply; flatten the keyword arguments.",
+                code="invalid",
+            ) from None
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return InvalidJSONInput(data)
+
+
 class ScheduledTaskForm(forms.ModelForm):
     class Meta:
         model = ScheduledTask
+        field_classes = {"kwargs": KwargsFormField}
         fields = [
             "name",
             "task_definition",

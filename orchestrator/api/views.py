@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
-from rest_framework import exceptions, status, viewsets
+from rest_framework import exceptions, parsers, status, viewsets
 from rest_framework.authentication import (
     BaseAuthentication,
     SessionAuthentication,
@@ -48,6 +48,22 @@ def _authentication_classes() -> list[type[BaseAuthentication]]:
 AUTHENTICATION_CLASSES = _authentication_classes()
 
 
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, with JSON nested past Python's recursion limit as a 400.
+
+    ``json.loads`` raises RecursionError for it, which DRF's parser does not catch (a 500).
+    """
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
+
+
+PARSER_CLASSES = [JSONParser, parsers.FormParser, parsers.MultiPartParser]
+
+
 class Conflict(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_code = "conflict"
@@ -77,6 +93,7 @@ class OrchestratorViewSet(viewsets.GenericViewSet):
     """What every endpoint shares, set here rather than read from the project's DRF settings."""
 
     authentication_classes = AUTHENTICATION_CLASSES
+    parser_classes = PARSER_CLASSES
     permission_classes = [ModelPermissions]
     pagination_class = Pagination
     schema = ViewSchema()
