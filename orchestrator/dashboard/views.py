@@ -28,6 +28,7 @@ from django.views.decorators.http import require_GET, require_POST
 from orchestrator import charts
 from orchestrator.dashboard import stats
 from orchestrator.dashboard.display import mask_channel_target
+from orchestrator.dispatcher import truncate
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskRun
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ RUN_PERM = "orchestrator.run_scheduledtask"
 CHANGE_PERM = "orchestrator.change_scheduledtask"
 RUNS_PER_PAGE = 50
 RETRY_DELAYS_SHOWN = 5
+# Arguments are shown in full only on the admin's change form: a megabyte of JSON would make
+# this page unusable.
+KWARGS_SHOWN = 2000
 
 
 def can_view(user: Any) -> bool:
@@ -125,8 +129,15 @@ def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
         run.duration_display = charts.format_seconds(
             run.duration.total_seconds() if run.duration is not None else None
         )
-    policy = task.retry_policy()
-    delays = policy.schedule()
+    try:
+        policy = task.retry_policy()
+        delays = policy.schedule()
+        policy_error = ""
+    except (TypeError, ValueError) as err:
+        # A policy field edited in the database to a value it refuses: show the page and say so
+        # (the dispatcher refuses to run the task for the same reason).
+        policy, delays = None, []
+        policy_error = f"This retry policy is invalid: {err}. Fix it in the admin."
     channels = list(task.notification_channels.all())
     uses_defaults = not channels
     if uses_defaults:
@@ -139,8 +150,9 @@ def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "rate": stats.task_success_rate(task, now=now),
         "page": page,
         "chart": mark_safe(charts.duration_chart(stats.task_history_points(task))),
-        "kwargs_json": json.dumps(task.kwargs, sort_keys=True),
+        "kwargs_json": truncate(json.dumps(task.kwargs, sort_keys=True), KWARGS_SHOWN),
         "policy": policy,
+        "policy_error": policy_error,
         "retry_delays": [charts.format_seconds(d) for d in delays[:RETRY_DELAYS_SHOWN]],
         "more_retries": max(len(delays) - RETRY_DELAYS_SHOWN, 0),
         "channels": [
