@@ -14,7 +14,14 @@ from orchestrator.models import Event, NotificationChannel, NotificationDelivery
 from orchestrator.notifications.base import NotificationError
 from orchestrator.notifications.delivery import send_test
 from orchestrator.notifications.events import truncate
+from orchestrator.notifications.redact import redact
 from orchestrator.notifications.registry import UnknownChannelKind, channel_class
+
+
+def redacted_error(text: str, channel: NotificationChannel) -> str:
+    """A stored error as it may be shown: stored errors are redacted when written, and this
+    guards against one that was not (an older release, a channel class quoting its own URL)."""
+    return redact(text or "", [channel.target])
 
 
 def masked_target(channel: NotificationChannel) -> str:
@@ -84,11 +91,11 @@ class NotificationChannelAdmin(admin.ModelAdmin):
     ]
     list_filter = ["kind", "enabled", "is_default"]
     search_fields = ["name"]
-    readonly_fields = ["last_error", "last_error_at", "created_at", "updated_at"]
+    readonly_fields = ["last_error_text", "last_error_at", "created_at", "updated_at"]
     fieldsets = [
         (None, {"fields": ["name", "kind", "target", "enabled", "is_default"]}),
         ("What is sent", {"fields": ["events", "cooldown", "alert_after_failures"]}),
-        ("Health", {"fields": ["last_error", "last_error_at", "created_at", "updated_at"]}),
+        ("Health", {"fields": ["last_error_text", "last_error_at", "created_at", "updated_at"]}),
     ]
     actions = ["send_test_notification"]
 
@@ -104,10 +111,13 @@ class NotificationChannelAdmin(admin.ModelAdmin):
     def last_error_display(self, obj: NotificationChannel) -> str:
         if not obj.last_error:
             return "-"
+        error = redacted_error(obj.last_error, obj)
         when = obj.last_error_at.strftime("%Y-%m-%d %H:%M") if obj.last_error_at else ""
-        return format_html(
-            '<span title="{}">{}: {}</span>', obj.last_error, when, truncate(obj.last_error, 60)
-        )
+        return format_html('<span title="{}">{}: {}</span>', error, when, truncate(error, 60))
+
+    @admin.display(description="last error")
+    def last_error_text(self, obj: NotificationChannel) -> str:
+        return redacted_error(obj.last_error, obj) or "-"
 
     @admin.action(description="Send test notification")
     def send_test_notification(
@@ -154,7 +164,7 @@ class NotificationDeliveryAdmin(admin.ModelAdmin):
         "status",
         "attempts",
         "suppressed_count",
-        "error",
+        "error_text",
         "sent_at",
         "finished_at",
     ]
@@ -162,7 +172,11 @@ class NotificationDeliveryAdmin(admin.ModelAdmin):
 
     @admin.display(description="error or reason")
     def error_display(self, obj: NotificationDelivery) -> str:
-        return truncate(obj.error, 80) or "-"
+        return truncate(redacted_error(obj.error, obj.channel), 80) or "-"
+
+    @admin.display(description="error or reason")
+    def error_text(self, obj: NotificationDelivery) -> str:
+        return redacted_error(obj.error, obj.channel) or "-"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
