@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from os import system  # noqa: F401  (re-exported on purpose: the allow-list must refuse it)
+from os.path import join  # noqa: F401  (same: a module attribute of os.path, re-exported)
 from pathlib import Path
 from typing import Any
 
