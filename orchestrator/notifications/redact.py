@@ -15,6 +15,8 @@ _PATTERNS = [
     re.compile(r"(Bearer\s+)[^\s'\",}]+", re.IGNORECASE),
 ]
 MASK = "********"
+# Any URL, for the SDK's log lines: a webhook URL is a credential wherever it is hosted.
+_URL = re.compile(r"\b(https?://[^/\s'\"]+)(/[^\s'\",}]*)")
 
 
 def mask_url(url: str) -> str:
@@ -45,12 +47,24 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
+def _mask_url_path(match: re.Match[str]) -> str:
+    path = match.group(2)
+    # Web API method paths (/api/chat.postMessage) name no secret and help debugging.
+    if MASK in path or path.startswith("/api/"):
+        return match.group(0)
+    return f"{match.group(1)}/{MASK}"
+
+
 class RedactingFilter(logging.Filter):
-    """A logging filter that masks secrets in the final message of every record it sees."""
+    """A logging filter that masks secrets in the final message of every record it sees.
+
+    Besides what :func:`redact` masks, the path of every URL is masked (Web API method paths
+    excepted): a webhook that is not on hooks.slack.com has no ``/services/`` to recognise it by.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = _URL.sub(_mask_url_path, redact(message))
         if cleaned != message:
             record.msg = cleaned
             record.args = None
