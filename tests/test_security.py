@@ -30,7 +30,9 @@ from orchestrator.models import (
     TaskRun,
 )
 from orchestrator.notifications import delivery as service
-from orchestrator.notifications.events import alert_from_run
+from orchestrator.notifications.events import alert_from_run, connection_test_alert
+from orchestrator.notifications.redact import RedactingFilter
+from orchestrator.notifications.slack import SlackChannel
 from tests.support.fake_slack import API_PATH, WEBHOOK_PATH, FakeSlack, Reply
 from tests.utils import make_channel, make_definition, make_scheduled_task
 
@@ -367,3 +369,23 @@ def test_error_payloads_of_the_api_carry_no_exception_text(
     answer = api.post(reverse("orchestrator:api-scheduled-task-run", args=[task.pk]))
     assert answer.status_code == 503
     assert KWARGS_SECRET not in answer.content.decode()
+
+
+def test_a_webhook_hosted_elsewhere_is_masked_in_the_sdks_debug_lines(
+    fake_slack: FakeSlack, everything_at_debug: pytest.LogCaptureFixture
+) -> None:
+    # Slack-compatible servers (Mattermost, a proxy) have no /services/ path to recognise.
+    url = fake_slack.webhook_url("/hooks/custom-h00k-s3cret-value")
+    SlackChannel(url).notify(connection_test_alert())
+    assert any("Sending a request" in r.getMessage() for r in everything_at_debug.records)
+    assert "custom-h00k-s3cret-value" not in everything_at_debug.text
+    # Web API method names stay readable for whoever debugs a delivery.
+    assert mask_sdk_line(f"url: {fake_slack.api_url}chat.postMessage").endswith(
+        "/api/chat.postMessage"
+    )
+
+
+def mask_sdk_line(message: str) -> str:
+    record = logging.LogRecord("sdk", logging.DEBUG, __file__, 1, message, None, None)
+    RedactingFilter().filter(record)
+    return record.getMessage()

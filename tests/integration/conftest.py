@@ -158,11 +158,19 @@ def purge_queues(queues: list[str]) -> None:
 def start_worker(
     broker_url: str, real_database: str, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., CeleryProcess]]:
-    """Start a real Celery worker: ``start_worker(queues=["celery"], concurrency=1)``."""
+    """Start a real Celery worker: ``start_worker(queues=["celery"], concurrency=1)``.
+
+    ``loglevel="DEBUG"`` is for tests that read what the worker logs; the root level itself comes
+    from the Django settings, since the worker does not hijack the root logger.
+    """
     started: list[CeleryProcess] = []
 
     def start(
-        queues: list[str] | None = None, concurrency: int = 1, purge: bool = True, **env: str
+        queues: list[str] | None = None,
+        concurrency: int = 1,
+        purge: bool = True,
+        loglevel: str = "INFO",
+        **env: str,
     ) -> CeleryProcess:
         queues = queues or ["celery"]
         if purge:
@@ -172,7 +180,7 @@ def start_worker(
         worker = CeleryProcess(
             [
                 "worker",
-                "--loglevel=INFO",
+                f"--loglevel={loglevel}",
                 f"--hostname={name}",
                 f"--queues={','.join(queues)}",
                 f"--concurrency={concurrency}",

@@ -10,6 +10,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 def free_port() -> int:
@@ -56,13 +57,31 @@ class _Handler:
 
 
 class SMTPServer:
-    def __init__(self) -> None:
+    """``SMTPServer(credentials=("user", "password"))`` offers AUTH (over plain text: it is
+    localhost) and accepts only those credentials; without them it needs none."""
+
+    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
         self.messages: list[Received] = []
         self.refuse: set[str] = set()
+        self.logins: list[str] = []
+        self.credentials = credentials
         self.port = free_port()
         self.host = "127.0.0.1"
-        self.controller = Controller(_Handler(self), hostname=self.host, port=self.port)
+        auth: dict[str, Any] = {}
+        if credentials is not None:
+            auth = {"authenticator": self._authenticate, "auth_require_tls": False}
+        self.controller = Controller(_Handler(self), hostname=self.host, port=self.port, **auth)
         self.controller.start()
+
+    def _authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if isinstance(auth_data, LoginPassword) and self.credentials is not None:
+            login, password = auth_data.login.decode(), auth_data.password.decode()
+            if (login, password) == self.credentials:
+                self.logins.append(login)
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
 
     def settings(self) -> dict[str, Any]:
         """Django settings that send through this server."""
@@ -76,11 +95,14 @@ class SMTPServer:
 
     def env(self) -> dict[str, str]:
         """Environment for a worker subprocess (tests/settings.py reads these)."""
-        return {
+        env = {
             "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
             "EMAIL_HOST": self.host,
             "EMAIL_PORT": str(self.port),
         }
+        if self.credentials is not None:
+            env["EMAIL_HOST_USER"], env["EMAIL_HOST_PASSWORD"] = self.credentials
+        return env
 
     def close(self) -> None:
         self.controller.stop()
