@@ -5,5 +5,7 @@
 * :mod:`.events` holds the data an alert or report carries, :mod:`.messages` its wording;
 * :mod:`.delivery` decides, records and sends; :mod:`.receivers` connects it to the dispatcher's
   signals; :mod:`.tasks` is the Celery task that performs a send;
-* :mod:`.report` builds the periodic failure report.
+* :mod:`.report` builds the periodic failure report; :mod:`.redact` keeps secrets out of pages,
+  errors and logs; :mod:`.validation` checks a channel before it is saved;
+* :mod:`.admin` registers channels and the delivery log with the Django admin.
 """

@@ -148,9 +148,11 @@ def retry_after(headers: Mapping[str, Any] | None) -> float | None:
 def webhook_error(
     status: int, body: str, headers: Mapping[str, Any] | None = None
 ) -> NotificationError | None:
-    """Classify an incoming-webhook answer: None when it is Slack's ``200 ok``."""
+    """Classify an incoming-webhook answer: None when it was accepted (any 2xx)."""
     body = (body or "").strip()
-    if status == 200 and body == "ok":
+    if 200 <= status < 300:
+        # Slack answers "200 ok"; Slack-compatible servers (Mattermost, Rocket.Chat) answer 2xx
+        # with other bodies. Retrying an accepted post would only duplicate it.
         return None
     # Slack answers errors with a short code ("invalid_payload", "no_service"); anything else
     # (an HTML error page) is not worth storing.
