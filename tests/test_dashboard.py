@@ -192,6 +192,13 @@ def test_actions_refuse_get_requests(task: ScheduledTask, sent: list) -> None:
     assert sent == []
 
 
+def test_pages_answer_head_requests(task: ScheduledTask, admin_client_: Client) -> None:
+    assert admin_client_.head(DASHBOARD).status_code == 200
+    assert (
+        admin_client_.head(reverse("orchestrator:task-detail", args=[task.pk])).status_code == 200
+    )
+
+
 def test_actions_need_a_csrf_token(task: ScheduledTask, sent: list) -> None:
     user = make_user("runner", "orchestrator.view_scheduledtask", "orchestrator.run_scheduledtask")
     client = client_for(user, enforce_csrf_checks=True)

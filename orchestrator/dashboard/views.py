@@ -23,7 +23,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from orchestrator import charts
 from orchestrator.dashboard import stats
@@ -70,7 +70,7 @@ def _back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
     return HttpResponseRedirect(target)
 
 
-@require_GET
+@require_safe
 @staff_member_required
 def overview(request: HttpRequest) -> HttpResponse:
     """Every scheduled task with its state, schedule, last run, success rate and recent runs."""
@@ -115,7 +115,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     return render(request, "orchestrator/dashboard.html", context)
 
 
-@require_GET
+@require_safe
 @staff_member_required
 def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """One task: its run history (paginated), chart, retry policy, channels and admin links."""

@@ -65,7 +65,7 @@ def test_run_now_from_the_dashboard_shows_the_new_run_in_its_history(
     assert "browser-add" in row.inner_text()
     assert "never run" in row.inner_text()
 
-    row.get_by_role("button", name="Run browser-add now").click()
+    row.get_by_role("button", name="Run now: browser-add").click()
     page.wait_for_load_state()
     assert "“browser-add” was sent to the workers" in page.locator(".messages").inner_text()
 
