@@ -344,3 +344,30 @@ def test_send_test_clears_or_sets_the_last_error(fake_slack):
     channel.refresh_from_db()
     assert (channel.last_error, channel.last_error_at) == ("", None)
     assert fake_slack.delivered()[0].json["blocks"][0]["text"]["text"].startswith(":wave: TEST")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simultaneous_failures_on_two_workers_send_one_alert(queued):
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks need PostgreSQL")
+    task = make_scheduled_task("racy", "tests.sample_tasks.always_fails", max_retries=0)
+    make_channel(is_default=True, cooldown=900)
+    runs = [make_run(task, status="failed") for _ in range(4)]
+    barrier = Barrier(len(runs))
+
+    def fail_now(run):
+        try:
+            barrier.wait()
+            return [d.status for d in service.notify_run("failure", run)]
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        statuses = sorted(s for result in pool.map(fail_now, runs) for s in result)
+    assert statuses == ["pending", "suppressed", "suppressed", "suppressed"]
+    assert AlertState.objects.get().suppressed_count == 3
