@@ -264,6 +264,26 @@ def test_saving_through_the_api_syncs_beat_like_the_admin(admin_api: APIClient) 
     assert created.periodic_task.enabled is False
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_beat_sync_leaves_nothing_half_saved(
+    task: ScheduledTask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator import beat_sync
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("beat tables are locked")
+
+    monkeypatch.setattr(beat_sync, "beat_sync", broken)
+    client = client_for(User.objects.create_superuser("root", password="pw"))
+    client.raise_request_exception = False
+    response = client.patch(
+        url("api-scheduled-task-detail", task.pk), {"cron": "0 4 * * *"}, format="json"
+    )
+    assert response.status_code == 500
+    task.refresh_from_db()
+    assert task.cron == "0 3 * * *"
+
+
 @pytest.mark.parametrize(
     ("body", "field", "fragment"),
     [

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from django.apps import apps
+from django.db import transaction
 from django.db.models import ProtectedError, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -22,6 +23,7 @@ from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
 from orchestrator.api.permissions import CanRunScheduledTask, ModelPermissions
 from orchestrator.api.schema import ViewSchema
@@ -98,9 +100,20 @@ class OrchestratorViewSet(viewsets.GenericViewSet):
     pagination_class = Pagination
     schema = ViewSchema()
 
+    # Writes are atomic: a model save syncs beat in its post_save receiver, and a failing sync
+    # must not leave the row changed behind a 500.
+    def perform_create(self, serializer: BaseSerializer) -> None:
+        with transaction.atomic():
+            serializer.save()
+
+    def perform_update(self, serializer: BaseSerializer) -> None:
+        with transaction.atomic():
+            serializer.save()
+
     def perform_destroy(self, instance: Any) -> None:
         try:
-            instance.delete()
+            with transaction.atomic():
+                instance.delete()
         except ProtectedError as err:
             used_by = ", ".join(sorted(str(obj) for obj in err.protected_objects)[:10])
             raise Conflict(f"“{instance}” is still used by: {used_by}.") from None
