@@ -7,8 +7,8 @@
 Steps: migrate the database, create the admin login and the example tasks (only what is
 missing: an operator's edits are kept), then start ``runserver``, ``celery worker`` and
 ``celery beat`` as child processes, each in its own process group, with their output prefixed
-here and kept in ``$DEMO_DIR/logs/``. SIGINT or SIGTERM stops every child and exits 0; a child
-that dies stops the others and exits 1 with the end of its output.
+here and kept in ``$DEMO_DIR/logs/``. SIGINT, SIGTERM or SIGHUP stops every child and exits 0;
+a child that dies stops the others and exits 1 with the end of its output.
 
 Environment: ``DEMO_DIR`` (default ``.demo/`` at the repository root), ``DEMO_PORT`` (8000),
 ``DATABASE_URL`` (SQLite in DEMO_DIR by default), ``CELERY_BROKER_URL`` (kombu's filesystem
@@ -154,7 +154,7 @@ class ChildDied(Exception):
 
 
 class StopRequested(Exception):
-    """SIGINT or SIGTERM arrived."""
+    """SIGINT, SIGTERM or SIGHUP arrived."""
 
 
 class DemoFailed(Exception):
@@ -215,16 +215,30 @@ class Child:
 
 
 class Echo:
-    """Print lines from several threads without interleaving them."""
+    """Print lines from several threads without interleaving them.
+
+    Once the output is gone (a closed terminal, ``make demo | head``), lines are dropped:
+    raising would stop the threads that drain the children's pipes, and the children would
+    block on a full pipe. Their logs in DEMO_DIR still get everything.
+    """
 
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._closed = False
 
     def __call__(self, line: str) -> None:
         with self._lock:
-            self._stream.write(line + "\n")
-            self._stream.flush()
+            if self._closed:
+                return
+            try:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._closed = True
+                # Otherwise the interpreter's final flush reports the broken pipe at exit.
+                with contextlib.suppress(OSError, ValueError):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
 
 
 class Supervisor:
@@ -239,7 +253,8 @@ class Supervisor:
         self._signals = 0
 
     def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP: the terminal running the demo was closed.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: object) -> None:

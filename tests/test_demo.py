@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -110,15 +112,7 @@ class Demo:
 
     def cleanup(self) -> None:
         """Never leave a server or worker behind, even when the test failed."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=30)
-        for pid in self.leftovers():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
+        _reap(self.process)
         self._out.close()
 
 
@@ -191,36 +185,82 @@ def test_check_mode_with_redis_sends_native_priorities(
 
 
 @needs_proc
-def test_ctrl_c_stops_every_process_and_exits_zero(launch: Callable[..., Demo]) -> None:
-    demo = launch()
-    demo.wait_for_output("Press Ctrl-C to stop.")
-    assert len(demo.leftovers()) >= 4  # run.py, web, worker (and its pool), beat
-
-    demo.process.send_signal(signal.SIGINT)
-
-    assert demo.wait(40) == 0, demo.output()[-6000:]
-    assert "Demo stopped." in demo.output()
-    assert demo.leftovers() == []
-
-
-@needs_proc
-def test_a_second_start_keeps_the_data_and_the_changed_password(
+def test_ctrl_c_stops_every_process_and_a_restart_keeps_data_and_password(
     launch: Callable[..., Demo], tmp_path: Path
 ) -> None:
     first = launch()
     first.wait_for_output("Press Ctrl-C to stop.")
-    first.process.send_signal(signal.SIGTERM)
-    assert first.wait(40) == 0
-    first.cleanup()
-    assert "created scheduled task 'Sales report (EMEA)'" in first.output()
-    _change_admin_password(tmp_path / "demo")
+    assert len(first.leftovers()) >= 4  # run.py, web, worker (and its pool), beat
 
+    first.process.send_signal(signal.SIGINT)
+
+    assert first.wait(40) == 0, first.output()[-6000:]
+    assert "Demo stopped." in first.output()
+    assert first.leftovers() == []
+    assert "created scheduled task 'Sales report (EMEA)'" in first.output()
+    first.cleanup()
+
+    _change_admin_password(tmp_path / "demo")
     second = launch()
     second.wait_for_output("Press Ctrl-C to stop.")
 
-    output = second.output()
-    assert "examples already present (kept as they are)" in output
-    assert "Login:     admin / (the one you set)" in output
+    assert "examples already present (kept as they are)" in second.output()
+    assert "Login:     admin / (the one you set)" in second.output()
+
+
+@needs_proc
+def test_the_demo_keeps_running_when_its_output_is_closed(tmp_path: Path) -> None:
+    env = demo_env(tmp_path / "demo")
+    process = subprocess.Popen(
+        [sys.executable, str(RUN)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _read_until(process, b"Press Ctrl-C to stop.", START_TIMEOUT)
+        process.stdout.close()  # as when `make demo | head` or a closed terminal stops reading
+
+        # The web server logs this request into the closed output: it must keep answering.
+        for _ in range(2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{env['DEMO_PORT']}/admin/login/") as r:
+                assert r.status == 200
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=40) == 0
+        assert session_pids(process.pid) == []
+    finally:
+        _reap(process)
+
+
+def _read_until(process: subprocess.Popen[bytes], marker: bytes, timeout: float) -> None:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([process.stdout], [], [], left)[0]:
+            pytest.fail(f"{marker!r} not printed within {timeout:.0f} s:\n{seen.decode()}")
+        chunk = os.read(process.stdout.fileno(), 65536)
+        if not chunk:
+            pytest.fail(f"run.py exited with {process.wait()}:\n{seen.decode()}")
+        seen += chunk
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    """Stop run.py and anything left in its session, whatever state the test left it in."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+    for pid in session_pids(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
 
 
 def _change_admin_password(demo_dir: Path) -> None:
