@@ -10,6 +10,7 @@ Slack message; a row broken straight in the database is shown and reported, neve
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from orchestrator.conf import conf
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition, TaskRun
 from orchestrator.notifications import slack
 from orchestrator.notifications.email import EmailChannel
-from orchestrator.notifications.events import alert_from_run
+from orchestrator.notifications.events import Report, ReportRow, alert_from_run
 from tests.utils import make_channel, make_definition, make_scheduled_task
 
 pytestmark = pytest.mark.django_db
@@ -573,7 +574,8 @@ def huge_failed_run(task: ScheduledTask, monkeypatch: pytest.MonkeyPatch, messag
         raise RuntimeError(message)
 
     monkeypatch.setattr(TaskDefinition, "resolve", lambda self: explode)
-    outcome = dispatcher.run_task(task.pk)
+    # Manual runs: a second scheduled run of the same tick would be dropped as a duplicate.
+    outcome = dispatcher.run_task(task.pk, trigger=TaskRun.Trigger.MANUAL)
     assert outcome.run is not None
     return outcome.run
 
@@ -585,7 +587,8 @@ def test_huge_kwargs_results_and_tracebacks_are_cut_and_every_page_still_renders
     task = make_scheduled_task(
         "huge", "tests.sample_tasks.echo", kwargs={"blob": big}, max_retries=0
     )
-    ok = dispatcher.run_task(task.pk).run  # echo returns its 300 kB of kwargs as the result
+    # echo returns its 300 kB of kwargs as the result.
+    ok = dispatcher.run_task(task.pk, trigger=TaskRun.Trigger.MANUAL).run
     assert ok is not None and ok.status == TaskRun.Status.SUCCEEDED
     assert isinstance(ok.result, str) and len(ok.result) <= conf.MAX_RESULT_CHARS
     failed = huge_failed_run(task, monkeypatch, "E" * 100_000)
@@ -723,3 +726,28 @@ def test_beat_sync_reports_a_broken_timezone_by_name() -> None:
     (error,) = report.errors
     assert error.name == "broken"
     assert "Europe" in error.message
+
+
+def test_a_huge_failure_report_stays_within_slack_block_kit_limits() -> None:
+    now = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    rows = tuple(
+        ReportRow(
+            task_name="<&>" * 70,
+            runs=10,
+            failures=10,
+            last_error="`<&>`\r\n" * 5000,
+            last_error_at=now,
+            url="http://testserver/admin/" + "x" * 100,
+        )
+        for _ in range(50)
+    )
+    report = Report(since=now, until=now, period="24h\r\n" * 100, rows=rows, total_runs=500)
+    payload = slack.SlackChannel("#alerts").payload(report)
+    json.dumps(payload)
+    header, *sections = payload["blocks"]
+    assert len(header["text"]["text"]) <= 150
+    for block in sections:
+        if block["type"] == "section":
+            assert len(block["text"]["text"]) <= 3000
+    assert len(payload["blocks"]) <= 50  # Block Kit's limit per message
+    assert len(payload["text"]) <= 40_000
