@@ -295,20 +295,31 @@ class ScheduledTaskChangeListForm(forms.ModelForm):
 
 
 class KwargsFormField(forms.JSONField):
-    """Django's JSONField, with JSON nested past Python's recursion limit as a form error.
+    """Django's JSONField, made safe for the kwargs column.
 
-    ``json.loads`` raises RecursionError (not JSONDecodeError) for such input, which Django's
-    field lets through as a server error, both when cleaning and when showing the form again.
+    * JSON nested past Python's recursion limit is a form error: ``json.loads`` raises
+      RecursionError (not JSONDecodeError), which Django's field lets through as a server error,
+      both when cleaning and when showing the form again.
+    * An emptied box means no arguments (``{}``), and ``null`` is refused: Django's field turns
+      both into None, which the model's validators skip and the NOT NULL column refuses (a 500).
     """
 
     def to_python(self, value: Any) -> Any:
         try:
-            return super().to_python(value)
+            converted = super().to_python(value)
         except RecursionError:
             raise ValidationError(
                 "This JSON is nested too deeply; flatten the keyword arguments.",
                 code="invalid",
             ) from None
+        if converted is None:
+            if value in self.empty_values:
+                return {}
+            raise ValidationError(
+                'Enter a JSON object of keyword arguments, such as {"days": 7}; got null.',
+                code="invalid",
+            )
+        return converted
 
     def bound_data(self, data: Any, initial: Any) -> Any:
         try:
