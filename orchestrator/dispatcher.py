@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DatabaseError
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import OuterRef, Subquery
 from django.dispatch import Signal
 from django.utils import timezone
 
-from orchestrator import callables, signals
+from orchestrator import callables, cron, signals
 from orchestrator.conf import conf
 from orchestrator.models import ScheduledTask, TaskRun
 from orchestrator.policies.retry import RetryPolicy
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TASK_NAME = "orchestrator.run_scheduled_task"
+# The unique constraint on TaskRun that allows one live run per task, schedule tick and attempt.
+ONE_RUN_PER_TICK = "orch_run_one_per_tick"
 
 # The statuses that end a run for good. The last of them before an attempt tells whether a
 # success is a recovery. "lost" counts: a run killed at its time limit is a final failure too
@@ -57,14 +59,14 @@ class Action(enum.StrEnum):
 
     DONE = "done"  # the attempt is recorded and nothing follows it
     RETRY = "retry"  # send the next attempt through the broker after ``countdown`` seconds
-    DROP = "drop"  # the scheduled task no longer exists: nothing was recorded
+    DROP = "drop"  # the task no longer exists, or this tick's attempt already ran: no row
 
 
 @dataclass(frozen=True)
 class RunOutcome:
     """The result of one attempt, and what the Celery task must do next.
 
-    ``scheduled_task`` is the row as loaded for this attempt (None for ``DROP``): the retry's
+    ``scheduled_task`` is the row as loaded for this attempt (None if it is gone): the retry's
     queue, priority, expiry and time limit are read from it, so an admin edit made before this
     attempt applies to the next one without another query. ``max_retries`` is the policy's, to
     be passed to ``Task.retry()`` explicitly.
@@ -196,6 +198,48 @@ def load_scheduled_task(scheduled_task_id: int) -> ScheduledTask | None:
     )
 
 
+def current_tick(task: ScheduledTask, at: dt.datetime) -> dt.datetime | None:
+    """The latest time at or before ``at`` when ``task``'s cron fires; None if it cannot say."""
+    try:
+        return cron.previous_run(task.cron, task.timezone, at)
+    except (cron.CronError, ValueError, KeyError):  # a row edited around validation
+        return None
+
+
+def _is_duplicate_tick(err: IntegrityError) -> bool:
+    # PostgreSQL names the constraint; SQLite lists its columns.
+    text = str(err)
+    return ONE_RUN_PER_TICK in text or (
+        "UNIQUE constraint failed" in text and "scheduled_for" in text
+    )
+
+
+def _insert(base: dict[str, Any], **fields: Any) -> TaskRun | None:
+    """Insert a run; None if a live run of the same task, tick and attempt already exists."""
+    if base["scheduled_for"] is None:
+        return TaskRun.objects.create(**base, **fields)
+    try:
+        if connection.in_atomic_block:
+            # A caller's transaction survives the duplicate only through a savepoint. Workers
+            # run in autocommit, where a failed INSERT costs nothing more.
+            with transaction.atomic():
+                return TaskRun.objects.create(**base, **fields)
+        return TaskRun.objects.create(**base, **fields)
+    except IntegrityError as err:
+        if not _is_duplicate_tick(err):
+            raise
+    task = base["scheduled_task"]
+    logger.warning(
+        "Task %r attempt %s for the tick of %s already has a run; dropping this duplicate "
+        "(Celery id %s)",
+        task.name,
+        base["attempt"],
+        base["scheduled_for"].isoformat(),
+        base["celery_task_id"] or "-",
+    )
+    return None
+
+
 def run_task(
     scheduled_task_id: int,
     *,
@@ -205,6 +249,8 @@ def run_task(
     worker: str = "",
     queue: str = "",
     redelivered: bool = False,
+    scheduled_for: dt.datetime | None = None,
+    from_beat: bool = False,
     now: Callable[[], dt.datetime] = timezone.now,
 ) -> RunOutcome:
     """Run attempt ``attempt`` (1-based) of scheduled task ``scheduled_task_id``, and record it.
@@ -224,6 +270,14 @@ def run_task(
     insert, update) plus whatever the signal receivers do. ``redelivered`` says the broker
     delivered this message again after a worker died: the ``running`` row the dead worker left
     for this Celery task id is marked ``lost`` first.
+
+    ``scheduled_for`` is the schedule tick the run belongs to. A first attempt sent by beat
+    (``from_beat``) without one takes the latest tick of the cron expression; retries carry it
+    on. At most one live (not ``lost``) row may exist per task, tick and attempt, so a second
+    beat, or a message delivered again after its run was recorded, is dropped (``Action.DROP``)
+    without calling the function. A beat message that waited in the broker past the next tick
+    counts as that tick: missed ticks are coalesced, as cron does, rather than run in a burst.
+    Runs sent any other way (run_now, the API, a hand-sent message) have no tick and no guard.
     """
     task = load_scheduled_task(scheduled_task_id)
     if task is None:
@@ -243,6 +297,9 @@ def run_task(
             now=now,
         )
 
+    if scheduled_for is None and from_beat and attempt == 1:
+        scheduled_for = current_tick(task, now())
+
     definition = task.task_definition
     try:
         policy: RetryPolicy | None = task.retry_policy()
@@ -258,6 +315,7 @@ def run_task(
         "worker": worker[:255],
         "queue": (queue or task.queue)[:200],
         "priority": task.priority,
+        "scheduled_for": scheduled_for,
     }
 
     if not task.enabled or not definition.enabled:
@@ -267,14 +325,16 @@ def run_task(
             else f"Skipped: task definition {definition.name!r} is disabled."
         )
         started = now()
-        run = TaskRun.objects.create(
-            **base,
+        run = _insert(
+            base,
             status=TaskRun.Status.SKIPPED,
             started_at=started,
             finished_at=started,
             duration=dt.timedelta(0),
             error_message=reason,
         )
+        if run is None:
+            return RunOutcome(Action.DROP, scheduled_task=task)
         logger.info("%s (attempt %s)", reason, attempt)
         send_signal(signals.task_skipped, run, task)
         return RunOutcome(Action.DONE, run, task)
@@ -291,8 +351,8 @@ def run_task(
     except (callables.CallableError, InvalidTaskError) as err:
         # A configuration error: retrying cannot fix it, so it is final at once.
         started = now()
-        run = TaskRun.objects.create(
-            **base,
+        run = _insert(
+            base,
             status=TaskRun.Status.FAILED,
             started_at=started,
             finished_at=started,
@@ -303,12 +363,16 @@ def run_task(
                 conf.MAX_ERROR_CHARS,
             ),
         )
+        if run is None:
+            return RunOutcome(Action.DROP, scheduled_task=task)
         logger.error("Task %r not run: %s", task.name, run.error_message)
         send_signal(signals.task_failed, run, task)
         return RunOutcome(Action.DONE, run, task)
 
     assert policy is not None  # an invalid policy was refused above
-    run = TaskRun.objects.create(**base, status=TaskRun.Status.RUNNING, started_at=now())
+    run = _insert(base, status=TaskRun.Status.RUNNING, started_at=now())
+    if run is None:
+        return RunOutcome(Action.DROP, scheduled_task=task)
     error: Exception | None = None
     try:
         value = func(**task.kwargs)

@@ -36,6 +36,7 @@ def run_scheduled_task(
     scheduled_task_id: int,
     trigger: str = TaskRun.Trigger.SCHEDULE,
     not_before: str | None = None,
+    scheduled_for: str | None = None,
 ) -> dict[str, Any] | None:
     """Run one attempt of a scheduled task; retry it through the broker when its policy says so.
 
@@ -48,10 +49,16 @@ def run_scheduled_task(
     carries ``not_before`` (an ISO 8601 time) and, arriving early, sends itself on again without
     running, because an ETA message held longer than Redis' ``visibility_timeout`` is delivered
     twice and RabbitMQ closes the channel after ``consumer_timeout``.
+
+    ``scheduled_for`` (ISO 8601) is the schedule tick of the first attempt, carried by retries;
+    beat's own messages have none and the dispatcher works it out (see ``run_task``).
     """
     request = self.request
+    carried: dict[str, Any] = {"trigger": trigger}
+    if scheduled_for:
+        carried["scheduled_for"] = scheduled_for
     if not_before:
-        _wait_until_due(self, scheduled_task_id, trigger, not_before)
+        _wait_until_due(self, scheduled_task_id, {**carried, "not_before": not_before})
     delivery = request.delivery_info or {}
     outcome = dispatcher.run_task(
         scheduled_task_id,
@@ -61,11 +68,15 @@ def run_scheduled_task(
         worker=request.hostname or "",
         queue=delivery.get("routing_key") or "",
         redelivered=bool(delivery.get("redelivered")),
+        scheduled_for=dt.datetime.fromisoformat(scheduled_for) if scheduled_for else None,
+        from_beat=_sent_by_beat(request),
     )
     if outcome.action is Action.RETRY:
         task = outcome.scheduled_task
         assert task is not None and outcome.run is not None  # a retry outcome carries both
-        kwargs: dict[str, Any] = {"trigger": trigger}
+        kwargs = dict(carried)
+        if outcome.run.scheduled_for is not None:
+            kwargs["scheduled_for"] = outcome.run.scheduled_for.isoformat()
         countdown = outcome.countdown
         if countdown > conf.MAX_BROKER_COUNTDOWN and outcome.run.next_retry_at is not None:
             kwargs["not_before"] = outcome.run.next_retry_at.isoformat()
@@ -89,13 +100,14 @@ def run_scheduled_task(
     return {"run": outcome.run.pk, "status": outcome.run.status, "attempt": outcome.run.attempt}
 
 
-def _wait_until_due(self: Task, scheduled_task_id: int, trigger: str, not_before: str) -> None:
-    """Return if ``not_before`` has come; otherwise send this message on and stop here.
+def _wait_until_due(self: Task, scheduled_task_id: int, kwargs: dict[str, Any]) -> None:
+    """Return if ``kwargs["not_before"]`` has come; otherwise send this message on, stop here.
 
     The next hop keeps the Celery task id and retry count, so the attempt it finally runs is
     numbered as the retry it is. Stopping raises Ignore: the message is acknowledged and
     nothing is recorded. A scheduled task that is gone returns at once, for run_task to drop.
     """
+    not_before = kwargs["not_before"]
     remaining = (dt.datetime.fromisoformat(not_before) - timezone.now()).total_seconds()
     if remaining <= 0:
         return
@@ -106,7 +118,7 @@ def _wait_until_due(self: Task, scheduled_task_id: int, trigger: str, not_before
     options["queue"] = options["queue"] or _default_queue(self)
     self.apply_async(
         args=[scheduled_task_id],
-        kwargs={"trigger": trigger, "not_before": not_before},
+        kwargs=kwargs,
         task_id=self.request.id,
         retries=self.request.retries,
         countdown=min(remaining, float(conf.MAX_BROKER_COUNTDOWN)),
@@ -116,6 +128,12 @@ def _wait_until_due(self: Task, scheduled_task_id: int, trigger: str, not_before
         "Retry of task %r not due before %s; waiting %.0f s more", task.name, not_before, remaining
     )
     raise Ignore()
+
+
+def _sent_by_beat(request: Any) -> bool:
+    """Whether django-celery-beat sent this message (its ModelEntry adds this header)."""
+    headers = getattr(request, "headers", None) or {}
+    return bool(getattr(request, "periodic_task_name", None) or headers.get("periodic_task_name"))
 
 
 def _default_queue(task: Task) -> str:

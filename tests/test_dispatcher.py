@@ -91,16 +91,74 @@ def test_a_successful_attempt_records_the_run_and_passes_kwargs(sent: list) -> N
     assert sent == [("task_succeeded", "succeeded", "succeeded")]
 
 
+# Outside a test transaction, as in a worker: autocommit, no savepoint around the insert.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("from_beat", [True, False], ids=["from-beat", "manual"])
 def test_a_successful_attempt_costs_three_queries(
-    only_our_receivers: None, django_assert_num_queries: Any
+    from_beat: bool, only_our_receivers: None, django_assert_num_queries: Any
 ) -> None:
     task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1, "b": 2})
     make_run(task, status=TaskRun.Status.FAILED)
 
     with django_assert_num_queries(3):  # load with the previous status, insert, update
-        outcome = run_task(task.pk)
+        outcome = run_task(task.pk, from_beat=from_beat)
 
     assert outcome.run is not None and outcome.run.result == 3
+
+
+@freeze_time("2026-03-01 12:07:30")
+def test_a_run_sent_by_beat_records_the_tick_it_belongs_to() -> None:
+    task = make_scheduled_task("every-5", "tests.sample_tasks.noop", cron="*/5 * * * *")
+
+    from_beat = run_task(task.pk, from_beat=True).run
+    hand_sent = run_task(task.pk).run
+    manual = run_task(task.pk, trigger="manual").run
+
+    assert from_beat is not None and hand_sent is not None and manual is not None
+    assert from_beat.scheduled_for == dt.datetime(2026, 3, 1, 12, 5, tzinfo=dt.UTC)
+    assert hand_sent.scheduled_for is None
+    assert manual.scheduled_for is None
+
+
+@pytest.mark.parametrize(
+    "transactional",
+    [
+        pytest.param(True, marks=pytest.mark.django_db(transaction=True), id="autocommit"),
+        pytest.param(False, id="inside-a-transaction"),
+    ],
+)
+def test_a_second_message_for_the_same_tick_is_dropped_without_calling(
+    transactional: bool, tmp_path: Path, caplog: Any
+) -> None:
+    log = tmp_path / "calls.log"
+    task = make_scheduled_task(
+        "record", "tests.sample_tasks.record", kwargs={"log_file": str(log), "label": "ran"}
+    )
+    tick = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+    first = run_task(task.pk, celery_task_id="beat-1", scheduled_for=tick)
+    second = run_task(task.pk, celery_task_id="beat-2", scheduled_for=tick)
+
+    assert first.action is Action.DONE
+    assert second.action is Action.DROP
+    assert second.run is None
+    assert log.read_text() == "ran\n"  # the function ran once
+    assert TaskRun.objects.get().celery_task_id == "beat-1"
+    assert "already has a run; dropping this duplicate (Celery id beat-2)" in caplog.text
+    # Another attempt, or another tick, is not a duplicate.
+    assert run_task(task.pk, attempt=2, scheduled_for=tick).action is Action.DONE
+    assert run_task(task.pk, scheduled_for=tick + dt.timedelta(minutes=1)).action is Action.DONE
+
+
+def test_a_message_redelivered_after_its_worker_died_runs_the_tick_again() -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    tick = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+    make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c1", scheduled_for=tick)
+
+    outcome = run_task(task.pk, celery_task_id="c1", redelivered=True, scheduled_for=tick)
+
+    assert outcome.action is Action.DONE
+    assert sorted(TaskRun.objects.values_list("status", flat=True)) == ["lost", "succeeded"]
 
 
 def test_a_run_of_a_deleted_task_is_dropped_without_a_trace(caplog: Any) -> None:
@@ -386,8 +444,8 @@ def test_the_first_success_after_a_final_failure_is_a_recovery(sent: list) -> No
     make_run(task, status=TaskRun.Status.FAILED, started_at=NOW - dt.timedelta(hours=1))
     make_run(task, status=TaskRun.Status.SKIPPED, started_at=NOW - dt.timedelta(minutes=30))
 
-    run_task(task.pk)
-    run_task(task.pk)
+    run_task(task.pk, trigger="manual")
+    run_task(task.pk, trigger="manual")
 
     assert sent == [
         ("task_succeeded", "succeeded", "succeeded"),
@@ -472,7 +530,7 @@ def test_a_retry_expires_counting_from_when_it_is_due() -> None:
 def test_timestamps_come_from_the_clock_in_use() -> None:
     task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
     ticks = iter([NOW, NOW + dt.timedelta(seconds=3)])
-    run = run_task(task.pk, now=lambda: next(ticks)).run
+    run = run_task(task.pk, trigger="manual", now=lambda: next(ticks)).run
     assert run is not None
     assert (run.started_at, run.duration) == (NOW, dt.timedelta(seconds=3))
     assert run.started_at <= timezone.now()

@@ -39,8 +39,10 @@ def test_a_flaky_function_is_retried_until_it_succeeds(tmp_path: Path) -> None:
         retry_delay=1,
     )
 
-    # apply() runs retries eagerly, in-process, ignoring the countdown.
-    result = run_scheduled_task.apply(args=[task.pk])
+    # apply() runs retries eagerly, in-process, ignoring the countdown; the header is beat's.
+    result = run_scheduled_task.apply(
+        args=[task.pk], headers={"periodic_task_name": f"orchestrator:{task.pk}"}
+    )
 
     assert result.get() == {"run": mock.ANY, "status": "succeeded", "attempt": 3}
     runs = list(TaskRun.objects.order_by("attempt"))
@@ -52,6 +54,9 @@ def test_a_flaky_function_is_retried_until_it_succeeds(tmp_path: Path) -> None:
     assert len({r.celery_task_id for r in runs}) == 1  # a retry keeps the Celery task id
     assert all(r.trigger == "schedule" and r.max_attempts == 4 for r in runs)
     assert [r.retry_sent_at is not None for r in runs] == [True, True, False]
+    # Every attempt belongs to the tick of the first: retries carry it.
+    assert runs[0].scheduled_for is not None
+    assert {r.scheduled_for for r in runs} == {runs[0].scheduled_for}
 
 
 def test_a_retry_passes_every_option_explicitly() -> None:
@@ -180,13 +185,14 @@ def test_a_retry_due_later_than_the_broker_can_hold_waits_in_hops() -> None:
         retry_backoff_max=7200,
     )
     with mock.patch.object(run_scheduled_task, "retry", return_value=Retry()) as retry:
-        run_scheduled_task.apply(args=[task.pk])
+        run_scheduled_task.apply(args=[task.pk], headers={"periodic_task_name": "x"})
 
     due = NOW + dt.timedelta(seconds=7200)
     assert TaskRun.objects.get().next_retry_at == due
     assert retry.call_args.kwargs["countdown"] == 1800.0
     assert retry.call_args.kwargs["kwargs"] == {
         "trigger": "schedule",
+        "scheduled_for": NOW.isoformat(),
         "not_before": due.isoformat(),
     }
 

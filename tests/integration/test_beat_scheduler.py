@@ -46,6 +46,8 @@ def test_beat_sends_a_synced_entry_and_the_worker_runs_it(start_worker, start_be
     )
 
     assert (run.trigger, run.attempt, run.result) == ("schedule", 1, 5)
+    assert run.scheduled_for is not None  # beat's message: the run knows its tick
+    assert run.scheduled_for <= run.started_at
     beat.wait_for_log(f"Sending due task {periodic.name} (orchestrator.run_scheduled_task)")
 
     # An admin edit while beat runs: saved, synced on commit, and noticed by beat.

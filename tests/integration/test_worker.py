@@ -16,6 +16,7 @@ import pytest
 import tests.celery_app  # noqa: F401  (makes the test project's app current for enqueue())
 from orchestrator.dispatcher import enqueue
 from orchestrator.models import TaskRun
+from orchestrator.tasks import run_scheduled_task
 from tests.integration.conftest import wait_until
 from tests.utils import make_scheduled_task
 
@@ -169,3 +170,29 @@ def test_an_attempt_whose_worker_process_dies_runs_again_and_the_dead_row_is_los
     assert runs[0].error_type == "WorkerLost"
     assert runs[0].celery_task_id == runs[1].celery_task_id
     assert runs[1].result == "call 2"
+
+
+def test_two_beats_sending_the_same_tick_run_the_function_once(
+    start_worker, scratch_dir: Path
+) -> None:
+    log = scratch_dir / "calls.log"
+    task = make_scheduled_task(
+        "hourly",
+        "tests.sample_tasks.record",
+        cron="0 * * * *",
+        kwargs={"log_file": str(log), "label": "ran"},
+    )
+    worker = start_worker(concurrency=2)
+
+    # What two beats (or one beat restarted mid-tick) send: args [id] and beat's header.
+    for _ in range(2):
+        run_scheduled_task.apply_async(
+            args=[task.pk], headers={"periodic_task_name": f"orchestrator:{task.pk}"}
+        )
+    worker.wait_for_log("dropping this duplicate", timeout=20)
+    run = wait_until(lambda: finished_runs(task.pk, 1), timeout=20)[0]
+
+    assert log.read_text() == "ran\n"
+    assert TaskRun.objects.filter(scheduled_task=task).count() == 1
+    assert (run.status, run.trigger) == ("succeeded", "schedule")
+    assert run.scheduled_for is not None and run.scheduled_for.minute == 0
