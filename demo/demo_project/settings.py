@@ -99,16 +99,6 @@ STATIC_URL = "/static/"
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = "orchestrator-demo@example.com"
 
-REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
-    ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.DjangoModelPermissions"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-}
-SPECTACULAR_SETTINGS = {"TITLE": "orchestrator demo API", "VERSION": "0.1.0"}
-
 # Celery. Without CELERY_BROKER_URL the demo needs no server: kombu's filesystem transport passes
 # messages between processes as files in DEMO_DIR/broker (it has no message priorities).
 BROKER_DIR = DEMO_DIR / "broker"
