@@ -70,16 +70,21 @@ def _back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
     return HttpResponseRedirect(target)
 
 
+def _filter_value(request: HttpRequest, name: str) -> str:
+    # PostgreSQL refuses a NUL in a query parameter (a 500); no stored value holds one anyway.
+    return request.GET.get(name, "").replace("\x00", "")
+
+
 @require_safe
 @staff_member_required
 def overview(request: HttpRequest) -> HttpResponse:
     """Every scheduled task with its state, schedule, last run, success rate and recent runs."""
     _require(can_view(request.user))
     filters = stats.Filters(
-        category=request.GET.get("category", ""),
-        queue=request.GET.get("queue", ""),
-        status=request.GET.get("status", ""),
-        enabled=request.GET.get("enabled", ""),
+        category=_filter_value(request, "category"),
+        queue=_filter_value(request, "queue"),
+        status=_filter_value(request, "status"),
+        enabled=_filter_value(request, "enabled"),
     )
     now = timezone.now()
     tasks = list(stats.overview_tasks(filters))
