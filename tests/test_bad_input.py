@@ -731,6 +731,17 @@ def test_a_row_broken_in_the_database_is_shown_and_reported_never_a_500(
     assert names == ["broken", "fine"]
 
 
+@pytest.mark.parametrize("name", ["category", "queue", "status", "enabled"])
+@pytest.mark.parametrize("value", ["\x00", "<script>x</script>", "a" * 5000])
+def test_dashboard_filters_with_odd_values_show_the_page(
+    admin_web: Client, name: str, value: str
+) -> None:
+    make_scheduled_task("task")
+    page = admin_web.get(reverse("orchestrator:dashboard"), {name: value})
+    assert page.status_code == 200
+    assert b"<script>x</script>" not in page.content
+
+
 def test_beat_sync_reports_a_broken_timezone_by_name() -> None:
     broken = make_scheduled_task("broken")
     make_scheduled_task("fine")
