@@ -37,7 +37,8 @@ def check_allowed(import_path: str, allowed_modules: Iterable[str]) -> tuple[str
     Return ``(module_name, attribute)``. Nothing is imported.
     """
     allowed = tuple(allowed_modules)
-    if not isinstance(import_path, str) or not _DOTTED_PATH.match(import_path):
+    # fullmatch: with match(), the pattern's $ would accept a trailing newline.
+    if not isinstance(import_path, str) or not _DOTTED_PATH.fullmatch(import_path):
         raise CallableError(
             f"{import_path!r} is not a dotted import path. "
             "Use the form 'package.module.function', such as 'myapp.tasks.send_report'."
