@@ -101,6 +101,13 @@ def test_the_allow_list_refuses_escapes_in_the_shell(path: str) -> None:
         callables.resolve(path, ALLOWED)
 
 
+def test_a_trailing_newline_is_refused_as_a_malformed_path() -> None:
+    # A regex's $ also matches before a final newline: the path must be refused for its shape,
+    # not later for naming a missing attribute.
+    with pytest.raises(callables.CallableError, match="not a dotted import path"):
+        callables.check_allowed("tests.sample_tasks.noop\n", ALLOWED)
+
+
 @pytest.mark.parametrize("path", ESCAPES)
 def test_the_allow_list_refuses_escapes_in_the_admin_and_the_api(
     path: str, admin_web: Client, api: APIClient
