@@ -396,3 +396,48 @@ def mask_sdk_line(message: str) -> str:
     record = logging.LogRecord("sdk", logging.DEBUG, __file__, 1, message, None, None)
     RedactingFilter().filter(record)
     return record.getMessage()
+
+
+XSS = '<script>alert("x")</script>'
+
+
+def test_markup_in_names_and_errors_is_escaped_on_every_page_and_in_slack(
+    admin_web: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    definition = make_definition(f"def {XSS}", "tests.sample_tasks.noop", category=f"cat {XSS}")
+    task = make_scheduled_task(
+        f"task {XSS} <!channel>", definition=definition, description=XSS, max_retries=0
+    )
+    channel = make_channel(f"chan {XSS}", kind="slack", target="#ops")
+    task.notification_channels.set([channel])
+    error_class = type(XSS, (Exception,), {})
+
+    def explode() -> None:
+        raise error_class(f"{XSS} <!everyone> <@U123>")
+
+    monkeypatch.setattr(TaskDefinition, "resolve", lambda self: explode)
+    run = dispatcher.run_task(task.pk, trigger=TaskRun.Trigger.MANUAL).run
+    assert run is not None and run.status == TaskRun.Status.FAILED
+
+    for url in (
+        reverse("admin:orchestrator_scheduledtask_changelist"),
+        reverse("admin:orchestrator_scheduledtask_change", args=[task.pk]),
+        reverse("admin:orchestrator_taskdefinition_changelist"),
+        reverse("admin:orchestrator_taskrun_changelist"),
+        reverse("admin:orchestrator_taskrun_change", args=[run.pk]),
+        reverse("admin:orchestrator_notificationchannel_changelist"),
+        reverse("orchestrator:dashboard"),
+        reverse("orchestrator:task-detail", args=[task.pk]),
+    ):
+        page = admin_web.get(url)
+        assert page.status_code == 200, url
+        assert XSS not in page.content.decode(), url
+
+    # Slack: no mention can be forged, and no markup survives outside the plain-text header.
+    payload = SlackChannel("#ops").payload(alert_from_run("failure", run))
+    for block in payload["blocks"][1:]:
+        texts = [block.get("text", {}).get("text", "")]
+        texts += [item.get("text", "") for item in block.get("fields", [])]
+        for text in texts:
+            assert "<!" not in text and "<@" not in text and "<script>" not in text
+    assert "<!" not in payload["text"] and "<script>" not in payload["text"]
