@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, Q, Subquery
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -41,10 +41,16 @@ TASK_NAME = "orchestrator.run_scheduled_task"
 # The unique constraint on TaskRun that allows one live run per task, schedule tick and attempt.
 ONE_RUN_PER_TICK = "orch_run_one_per_tick"
 
-# The statuses that end a run for good. The last of them before an attempt tells whether a
-# success is a recovery. "lost" counts: a run killed at its time limit is a final failure too
-# (see orchestrator.tasks).
-FINAL_STATUSES = (TaskRun.Status.SUCCEEDED, TaskRun.Status.FAILED, TaskRun.Status.LOST)
+# error_type of the "lost" rows that are not final failures: the attempt ran again after its
+# worker died, or an operator terminated it on purpose. Other lost attempts (a hard time limit)
+# got task_failed, and count as final failures.
+WORKER_LOST = "WorkerLost"
+REVOKED = "Revoked"
+# The runs that end a task's run for good. The last of them before an attempt tells whether a
+# success is a recovery.
+FINAL_RUNS = Q(status__in=(TaskRun.Status.SUCCEEDED, TaskRun.Status.FAILED)) | (
+    Q(status=TaskRun.Status.LOST) & ~Q(error_type__in=(WORKER_LOST, REVOKED))
+)
 FAILED_FINAL_STATUSES = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
 
 _TRUNCATION_MARK = "… [{count} characters cut]"
@@ -183,10 +189,10 @@ def load_scheduled_task(scheduled_task_id: int) -> ScheduledTask | None:
     """The task with its definition, in one query; None if it no longer exists.
 
     The row carries ``previous_final_status``: the status of its last run that ended for good
-    (see ``FINAL_STATUSES``), or None, so a recovery is detected without another query.
+    (see ``FINAL_RUNS``), or None, so a recovery is detected without another query.
     """
     previous_final = (
-        TaskRun.objects.filter(scheduled_task=OuterRef("pk"), status__in=FINAL_STATUSES)
+        TaskRun.objects.filter(FINAL_RUNS, scheduled_task=OuterRef("pk"))
         .order_by("-started_at", "-id")
         .values("status")[:1]
     )
@@ -293,7 +299,7 @@ def run_task(
         mark_lost(
             celery_task_id,
             "The worker running this attempt was lost; the broker delivered it again.",
-            error_type="WorkerLost",
+            error_type=WORKER_LOST,
             now=now,
         )
 

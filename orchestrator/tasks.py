@@ -200,6 +200,7 @@ def _on_task_revoked(
     if getattr(sender, "name", None) != TASK_NAME or not task_id or not terminated:
         return
     try:
-        _record_lost(task_id, f"Revoked and terminated (signal {signum}).", "Revoked", final=False)
+        message = f"Revoked and terminated (signal {signum})."
+        _record_lost(task_id, message, dispatcher.REVOKED, final=False)
     except Exception:
         logger.exception("Could not record the revoked attempt of Celery task %s", task_id)

@@ -454,6 +454,28 @@ def test_the_first_success_after_a_final_failure_is_a_recovery(sent: list) -> No
     ]
 
 
+def test_a_success_after_a_time_limit_kill_is_a_recovery(sent: list) -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    make_run(task, status=TaskRun.Status.LOST, error_type="TimeLimitExceeded")
+
+    run_task(task.pk)
+
+    assert [name for name, *_ in sent] == ["task_succeeded", "task_recovered"]
+
+
+@pytest.mark.parametrize("error_type", ["WorkerLost", "Revoked"])
+def test_a_success_after_a_redelivered_or_revoked_attempt_is_not_a_recovery(
+    error_type: str, sent: list
+) -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    make_run(task, status=TaskRun.Status.SUCCEEDED, started_at=NOW - dt.timedelta(hours=1))
+    make_run(task, status=TaskRun.Status.LOST, error_type=error_type)
+
+    run_task(task.pk)
+
+    assert [name for name, *_ in sent] == ["task_succeeded"]
+
+
 def test_a_success_after_retries_only_is_not_a_recovery(sent: list) -> None:
     task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
     make_run(task, status=TaskRun.Status.SUCCEEDED, started_at=NOW - dt.timedelta(hours=1))
