@@ -7,6 +7,7 @@
 * orchestrator.W003: priorities are set, but the dispatch task is not acknowledged late.
 * orchestrator.W004: priorities are set on RabbitMQ, but queues have no x-max-priority.
 * orchestrator.W005: priorities are set, but the broker transport has no priorities.
+* orchestrator.W006: a Slack channel posts with the bot token, but no token is configured.
 """
 
 from __future__ import annotations
@@ -142,3 +143,33 @@ def check_priority_support(
             )
         )
     return problems
+
+
+@register(Tags.compatibility, deploy=False)
+def check_slack_bot_token(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[Warning]:
+    if not databases or conf.SLACK_BOT_TOKEN:
+        return []
+    from orchestrator.models import NotificationChannel
+
+    try:
+        names = list(
+            NotificationChannel.objects.filter(kind="slack", enabled=True)
+            .exclude(target__startswith="https://")
+            .exclude(target__startswith="http://")
+            .values_list("name", flat=True)[:5]
+        )
+    except DatabaseError:
+        return []
+    if not names:
+        return []
+    return [
+        Warning(
+            f"Slack channel(s) {', '.join(names)} post with chat.postMessage, but no bot token "
+            "is configured, so every alert to them fails.",
+            hint='Set ORCHESTRATOR["SLACK_BOT_TOKEN"] or the ORCHESTRATOR_SLACK_BOT_TOKEN '
+            "environment variable, or use an incoming-webhook URL as the target.",
+            id="orchestrator.W006",
+        )
+    ]

@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     "SLACK_API_URL": "https://slack.com/api/",
     # Celery queue that notification deliveries go through; None means Celery's default queue.
     "NOTIFICATION_QUEUE": None,
+    # Delivery retries of one alert: a dict of DeliveryRetryPolicy fields (max_attempts,
+    # max_seconds, base_delay, max_delay, jitter); empty keeps the defaults (5 attempts, 60 s).
+    "NOTIFICATION_RETRY": {},
     # Sender address of alert and report emails; None means settings.DEFAULT_FROM_EMAIL.
     "EMAIL_FROM": None,
     # How many characters of an error message, result or traceback are stored and shown.
@@ -79,6 +82,10 @@ class OrchestratorSettings:
     @property
     def NOTIFICATION_QUEUE(self) -> str | None:
         return self._get("NOTIFICATION_QUEUE") or None
+
+    @property
+    def NOTIFICATION_RETRY(self) -> dict[str, Any]:
+        return dict(self._get("NOTIFICATION_RETRY") or {})
 
     @property
     def EMAIL_FROM(self) -> str:

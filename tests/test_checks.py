@@ -96,3 +96,17 @@ def test_w005_transport_without_priorities(settings, prioritised_task):
 
 def test_redis_with_recommended_settings_passes(settings, prioritised_task):
     assert priority_ids(settings, "redis", worker_prefetch_multiplier=1) == []
+
+
+def test_w006_bot_channel_without_token(settings, db):
+    from tests.utils import make_channel
+
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "SLACK_BOT_TOKEN": ""}
+    make_channel("hooks", kind="slack", target="https://hooks.slack.com/services/T0/B0/x")
+    assert checks.check_slack_bot_token(databases=["default"]) == []
+    make_channel("bot", kind="slack", target="#ops")
+    messages = checks.check_slack_bot_token(databases=["default"])
+    assert ids(messages) == ["orchestrator.W006"]
+    assert "bot" in messages[0].msg
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "SLACK_BOT_TOKEN": "xoxb-configured"}
+    assert checks.check_slack_bot_token(databases=["default"]) == []

@@ -48,7 +48,6 @@ from orchestrator.policies.alerts import AlertState as PolicyState
 logger = logging.getLogger(__name__)
 
 DEFAULT_RETRY_POLICY = DeliveryRetryPolicy()
-RETRY_SETTING = "NOTIFICATION_RETRY"
 FAILED_STATUSES = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
 
 
@@ -244,9 +243,7 @@ def retry_policy() -> DeliveryRetryPolicy:
     The setting is a dict of :class:`DeliveryRetryPolicy` fields, such as
     ``{"max_attempts": 5, "max_seconds": 60, "base_delay": 1, "max_delay": 15}``.
     """
-    from django.conf import settings
-
-    overrides = (getattr(settings, "ORCHESTRATOR", None) or {}).get(RETRY_SETTING) or {}
+    overrides = conf.NOTIFICATION_RETRY
     if not overrides:
         return DEFAULT_RETRY_POLICY
     allowed = {"max_attempts", "max_seconds", "base_delay", "max_delay", "jitter"}
