@@ -1,5 +1,4 @@
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,9 @@ def services_required() -> bool:
 
 @pytest.fixture
 def scratch_dir(tmp_path: Path) -> Path:
-    """A folder that worker subprocesses can read and write too."""
-    path = ARTIFACTS / "scratch" / tmp_path.name
-    path.mkdir(parents=True, exist_ok=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    """A folder that worker subprocesses can read and write too.
+
+    pytest's tmp_path is already unique per test and per session, and subprocesses on this
+    machine can use it like the test does.
+    """
+    return tmp_path

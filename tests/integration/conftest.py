@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -130,19 +129,6 @@ def log_path_for(request: pytest.FixtureRequest, kind: str, index: int) -> Path:
     folder = ARTIFACTS / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{name}-{kind}{index}-{os.getpid()}.log"
-
-
-@pytest.fixture
-def scratch_dir(tmp_path: Path) -> Iterator[Path]:
-    """A folder that worker subprocesses can read and write too, unique to this session.
-
-    Overrides tests/conftest.py's, whose path is the same for the same test in every session:
-    two sessions running one test at once would share (and delete) each other's files.
-    """
-    path = ARTIFACTS / "scratch" / f"{os.getpid()}-{tmp_path.name}"
-    path.mkdir(parents=True, exist_ok=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def purge_queues(queues: list[str]) -> None:

@@ -47,7 +47,9 @@ def test_jitter_stays_between_half_the_delay_and_the_delay(random_value, expecte
 
 
 def test_jitter_never_shortens_below_half_over_many_draws():
-    policy = RetryPolicy(max_retries=8, backoff="exponential", delay=7, backoff_max=500, jitter=True)
+    policy = RetryPolicy(
+        max_retries=8, backoff="exponential", delay=7, backoff_max=500, jitter=True
+    )
     for retry in range(1, 9):
         base = policy.base_delay(retry)
         for _ in range(200):
