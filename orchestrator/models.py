@@ -19,6 +19,7 @@ from orchestrator.validators import (
     validate_import_path_shape,
     validate_kwargs_object,
     validate_queue_name,
+    validate_storable_text,
     validate_timezone,
 )
 
@@ -55,7 +56,10 @@ class TaskDefinition(models.Model):
     """A Python callable that scheduled tasks may run, named by its import path."""
 
     name = models.CharField(
-        max_length=200, unique=True, help_text="A unique, human-readable name."
+        max_length=200,
+        unique=True,
+        validators=[validate_storable_text],
+        help_text="A unique, human-readable name.",
     )
     import_path = models.CharField(
         "import path",
@@ -64,9 +68,13 @@ class TaskDefinition(models.Model):
         help_text="Dotted path of the function, such as 'billing.tasks.send_invoices'. "
         "Its module must be in ORCHESTRATOR['ALLOWED_TASK_MODULES'].",
     )
-    description = models.TextField(blank=True)
+    description = models.TextField(blank=True, validators=[validate_storable_text])
     category = models.CharField(
-        max_length=100, blank=True, db_index=True, help_text="Free text used to group tasks."
+        max_length=100,
+        blank=True,
+        db_index=True,
+        validators=[validate_storable_text],
+        help_text="Free text used to group tasks.",
     )
     enabled = models.BooleanField(
         default=True,
@@ -108,7 +116,7 @@ class ScheduledTask(models.Model):
         LINEAR = BackoffKind.LINEAR.value, "Linear: delay x retry number"
         EXPONENTIAL = BackoffKind.EXPONENTIAL.value, "Exponential: delay x 2^(retry - 1)"
 
-    name = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, unique=True, validators=[validate_storable_text])
     task_definition = models.ForeignKey(
         TaskDefinition,
         on_delete=models.PROTECT,
@@ -134,7 +142,7 @@ class ScheduledTask(models.Model):
         help_text='A JSON object passed to the function as keyword arguments, such as {"days": 7}.',
     )
     enabled = models.BooleanField(default=True, help_text="A disabled task never runs.")
-    description = models.TextField(blank=True)
+    description = models.TextField(blank=True, validators=[validate_storable_text])
 
     max_retries = models.PositiveSmallIntegerField(
         "max retries",
@@ -331,10 +339,11 @@ class TaskRun(models.Model):
 class NotificationChannel(models.Model):
     """A place alerts go to: a Slack channel or webhook, or a list of email addresses."""
 
-    name = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, unique=True, validators=[validate_storable_text])
     kind = models.CharField(max_length=50, choices=channel_kind_choices)
     target = models.CharField(
         max_length=2000,
+        validators=[validate_storable_text],
         help_text="Slack: an incoming-webhook URL, or a channel name/ID (bot token from "
         "settings). Email: addresses separated by commas.",
     )

@@ -73,29 +73,34 @@ def _validate_storable_json(value: Any) -> None:
                         f"Argument names must be text; {key!r} is a {type(key).__name__}.",
                         code="kwargs",
                     )
-                _validate_storable_text(key)
+                _validate_storable_text(key, "the keyword arguments", "kwargs")
                 stack.append((child, depth + 1))
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
         elif isinstance(item, str):
-            _validate_storable_text(item)
+            _validate_storable_text(item, "the keyword arguments", "kwargs")
 
 
-def _validate_storable_text(text: str) -> None:
+def _validate_storable_text(text: str, where: str, code: str) -> None:
     if "\x00" in text:
         raise ValidationError(
-            "Remove the NUL character (\\u0000) from the keyword arguments: "
-            "the database cannot store it.",
-            code="kwargs",
+            f"Remove the NUL character (\\u0000) from {where}: the database cannot store it.",
+            code=code,
         )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationError(
-            "Remove the unpaired surrogate (a \\ud800-\\udfff escape) from the keyword "
-            "arguments: it is not valid Unicode.",
-            code="kwargs",
+            f"Remove the unpaired surrogate (a \\ud800-\\udfff escape) from {where}: "
+            "it is not valid Unicode.",
+            code=code,
         ) from None
+
+
+def validate_storable_text(value: str) -> None:
+    """Text the database can store: no NUL character, no unpaired surrogate."""
+    if isinstance(value, str):
+        _validate_storable_text(value, "this text", "text")
 
 
 def validate_queue_name(value: str) -> None:
