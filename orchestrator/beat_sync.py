@@ -2,9 +2,12 @@
 
 This is the only module that imports django_celery_beat. Each ScheduledTask owns exactly one
 PeriodicTask, named ``orchestrator:<pk>``, that sends ``orchestrator.run_scheduled_task`` with the
-task's id. A sync first plans (pure comparison of what is with what should be), then applies the
-plan with bulk writes and bumps ``PeriodicTasks`` once, so that a re-sync with no change costs a
-constant number of queries and does not make beat reload its schedule.
+task's id. A full sync also keeps ``orchestrator:maintenance``, which sends
+``orchestrator.run_maintenance`` on ``ORCHESTRATOR["MAINTENANCE_SCHEDULE"]`` (UTC).
+
+A sync first plans (pure comparison of what is with what should be), then applies the plan with
+bulk writes and bumps ``PeriodicTasks`` once, so that a re-sync with no change costs a constant
+number of queries and does not make beat reload its schedule.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 DISPATCH_TASK_NAME = "orchestrator.run_scheduled_task"
 NAME_PREFIX = "orchestrator:"
+# The maintenance entry: its name is no task id, so it can never be taken for an orphan.
+MAINTENANCE_NAME = f"{NAME_PREFIX}maintenance"
+MAINTENANCE_TASK_NAME = "orchestrator.run_maintenance"
+MAINTENANCE_TIMEZONE = "UTC"
 # Fields of PeriodicTask that beat_sync owns; anything else on the row is left alone.
 SYNCED_FIELDS = (
     "name",
@@ -149,10 +156,39 @@ def _desired_fields(task: ScheduledTask, transport_priority: int | None) -> dict
     }
 
 
+def _maintenance_fields() -> dict[str, Any]:
+    """The PeriodicTask values of the maintenance entry (everything but the crontab)."""
+    return {
+        "name": MAINTENANCE_NAME,
+        "task": MAINTENANCE_TASK_NAME,
+        "args": "[]",
+        "kwargs": "{}",
+        "interval_id": None,
+        "solar_id": None,
+        "clocked_id": None,
+        "enabled": True,
+        "queue": None,
+        "exchange": None,
+        "routing_key": None,
+        "priority": None,
+        "expires": None,
+        "expire_seconds": None,
+        "one_off": False,
+        "headers": "{}",
+        "description": (
+            "Managed by orchestrator: sends retries held in the database, marks stuck runs "
+            "lost and re-queues lost alerts. Set ORCHESTRATOR['MAINTENANCE_SCHEDULE'], not "
+            "this row."
+        ),
+    }
+
+
 @dataclass
 class _Plan:
     creates: list[tuple[ScheduledTask, dict[str, Any], CrontabKey]] = field(default_factory=list)
-    updates: list[tuple[ScheduledTask, PeriodicTask, dict[str, Any], CrontabKey]] = field(
+    # Rows created without a ScheduledTask to link (the maintenance entry).
+    extra_creates: list[tuple[dict[str, Any], CrontabKey]] = field(default_factory=list)
+    updates: list[tuple[ScheduledTask | None, PeriodicTask, dict[str, Any], CrontabKey]] = field(
         default_factory=list
     )
     deletes: list[PeriodicTask] = field(default_factory=list)
@@ -204,6 +240,36 @@ def _plan(
     return plan
 
 
+def _plan_maintenance(plan: _Plan, current: PeriodicTask | None) -> None:
+    """Add the maintenance entry to a full sync's plan: create, update, keep or remove it."""
+    schedule = conf.MAINTENANCE_SCHEDULE
+    if schedule is None:
+        if current is not None:
+            plan.deletes.append(current)
+            plan.lines.append(f"delete {MAINTENANCE_NAME} (MAINTENANCE_SCHEDULE is None)")
+        return
+    try:
+        fields = cron.validate(schedule)
+    except cron.CronError as err:
+        plan.errors.append(SyncError(0, MAINTENANCE_NAME, f"MAINTENANCE_SCHEDULE: {err}"))
+        plan.lines.append(f"skip   {MAINTENANCE_NAME}: {err}")
+        return
+    key = _crontab_key(fields, MAINTENANCE_TIMEZONE)
+    desired = _maintenance_fields()
+    if current is None:
+        plan.extra_creates.append((desired, key))
+        plan.lines.append(f"create {MAINTENANCE_NAME} ({fields} UTC)")
+        return
+    changes = {name: value for name, value in desired.items() if getattr(current, name) != value}
+    if current.crontab is None or _key_of_crontab(current.crontab) != key:
+        changes["crontab_id"] = None  # filled in once the crontab exists
+    if changes:
+        plan.updates.append((None, current, changes, key))
+        plan.lines.append(f"update {MAINTENANCE_NAME}: {', '.join(sorted(changes))}")
+    else:
+        plan.unchanged += 1
+
+
 def _lock() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
@@ -251,7 +317,8 @@ def beat_sync(
     """Bring the PeriodicTasks in line with ``queryset`` (default: every ScheduledTask).
 
     A full sync (no queryset) also deletes the PeriodicTasks orchestrator owns whose scheduled
-    task is gone; a partial one touches only the given tasks. Rows that cannot be synced (an
+    task is gone, and creates, updates or (``MAINTENANCE_SCHEDULE`` None) removes the
+    maintenance entry; a partial one touches only the given tasks. Rows that cannot be synced (an
     invalid cron edited straight in the database) are skipped and listed in ``errors``; the
     others are synced all the same. With ``dry_run`` nothing is written and ``plan`` lists
     what would be done.
@@ -262,15 +329,21 @@ def beat_sync(
         if not dry_run:
             _lock()
         tasks = list(tasks_qs.select_related("task_definition").order_by("pk"))
-        owned = PeriodicTask.objects.filter(
-            name__startswith=NAME_PREFIX, task=DISPATCH_TASK_NAME
-        ).select_related("crontab")
+        ours = Q(name__startswith=NAME_PREFIX, task=DISPATCH_TASK_NAME)
+        if full:
+            # Read in the same query, so a no-change re-sync costs no more for it.
+            ours |= Q(name=MAINTENANCE_NAME)
+        owned = PeriodicTask.objects.filter(ours).select_related("crontab")
         if not full:
             owned = owned.filter(name__in=[periodic_task_name(t.pk) for t in tasks])
         by_task: dict[int, PeriodicTask] = {}
         orphans: list[PeriodicTask] = []
+        maintenance: PeriodicTask | None = None
         task_ids = {t.pk for t in tasks}
         for periodic in owned:
+            if periodic.name == MAINTENANCE_NAME:
+                maintenance = periodic
+                continue
             suffix = periodic.name[len(NAME_PREFIX) :]
             if suffix.isdigit() and int(suffix) in task_ids:
                 by_task[int(suffix)] = periodic
@@ -279,8 +352,10 @@ def beat_sync(
         wanted = _wanted_crontab_keys(tasks)
         crontabs = _load_crontabs(wanted, everything=full)
         plan = _plan(tasks, by_task, orphans, crontabs)
+        if full:
+            _plan_maintenance(plan, maintenance)
         report = SyncReport(
-            created=len(plan.creates),
+            created=len(plan.creates) + len(plan.extra_creates),
             updated=len(plan.updates),
             deleted=len(plan.deletes),
             unchanged=plan.unchanged,
@@ -292,17 +367,16 @@ def beat_sync(
             logger.warning("beat_sync skipped scheduled task %s", error)
         if dry_run:
             return report
-        if plan.creates or plan.updates or plan.deletes or plan.relinks:
+        if plan.creates or plan.extra_creates or plan.updates or plan.deletes or plan.relinks:
             _apply(plan, crontabs)
         report.periodic_task_ids = {pk: periodic.pk for pk, periodic in by_task.items()}
-        report.periodic_task_ids.update(
-            (task.pk, periodic.pk) for task, periodic in plan.relinks
-        )
+        report.periodic_task_ids.update((task.pk, periodic.pk) for task, periodic in plan.relinks)
     return report
 
 
 def _apply(plan: _Plan, crontabs: dict[CrontabKey, CrontabSchedule]) -> None:
     missing = {key for _, _, key in plan.creates} | {key for *_, key in plan.updates}
+    missing |= {key for _, key in plan.extra_creates}
     missing -= set(crontabs)
     if missing:
         new = [
@@ -316,15 +390,22 @@ def _apply(plan: _Plan, crontabs: dict[CrontabKey, CrontabSchedule]) -> None:
 
     now = timezone.now()
     old_crontab_ids: set[int] = set()
-    if plan.creates:
+    if plan.creates or plan.extra_creates:
         created = PeriodicTask.objects.bulk_create(
             [
                 PeriodicTask(crontab_id=crontabs[key].pk, **desired)
                 for _, desired, key in plan.creates
             ]
+            + [
+                PeriodicTask(crontab_id=crontabs[key].pk, **desired)
+                for desired, key in plan.extra_creates
+            ]
         )
         plan.relinks.extend(
-            (task, periodic) for (task, _, _), periodic in zip(plan.creates, created, strict=True)
+            (task, periodic)
+            for (task, _, _), periodic in zip(
+                plan.creates, created[: len(plan.creates)], strict=True
+            )
         )
     if plan.updates:
         changed_fields: set[str] = set()

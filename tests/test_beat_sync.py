@@ -7,7 +7,13 @@ from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
 
 from orchestrator import beat_sync as beat_sync_module
-from orchestrator.beat_sync import DISPATCH_TASK_NAME, beat_sync, periodic_task_name
+from orchestrator.beat_sync import (
+    DISPATCH_TASK_NAME,
+    MAINTENANCE_NAME,
+    MAINTENANCE_TASK_NAME,
+    beat_sync,
+    periodic_task_name,
+)
 from orchestrator.models import ScheduledTask
 from tests.utils import make_definition, make_scheduled_task
 
@@ -78,7 +84,8 @@ def test_a_second_sync_writes_nothing_and_does_not_wake_beat():
     beat_sync()
     before = last_change()
     report = beat_sync()
-    assert (report.created, report.updated, report.deleted, report.unchanged) == (0, 0, 0, 3)
+    # The three tasks' rows and the maintenance entry.
+    assert (report.created, report.updated, report.deleted, report.unchanged) == (0, 0, 0, 4)
     assert last_change() == before
 
 
@@ -169,10 +176,11 @@ def test_full_sync_removes_owned_rows_whose_task_is_gone_and_nothing_else():
 
 def test_a_periodic_task_deleted_by_hand_is_recreated_and_the_task_kept():
     task = make_scheduled_task("resilient")
+    beat_sync()
     periodic_of(task).delete()
     assert ScheduledTask.objects.filter(pk=task.pk).exists()
     report = beat_sync()
-    assert report.created == 1
+    assert (report.created, report.unchanged) == (1, 1)  # the maintenance entry is kept
     task.refresh_from_db()
     assert task.periodic_task_id == periodic_of(task).pk
 
@@ -207,15 +215,17 @@ def test_dry_run_writes_nothing_and_prints_the_plan(capsys):
     call_command("beat_sync", "--dry-run")
     out = capsys.readouterr().out
     assert f"create {periodic_task_name(task.pk)} for planned" in out
-    assert "would have created 1" in out
-    assert not PeriodicTask.objects.filter(name=periodic_task_name(task.pk)).exists()
+    assert "create orchestrator:maintenance (* * * * * UTC)" in out
+    assert "would have created 2" in out
+    assert not PeriodicTask.objects.filter(name__startswith="orchestrator:").exists()
 
 
 def test_command_reports_what_it_did(capsys):
     task = make_scheduled_task("cmd")
+    beat_sync()
     PeriodicTask.objects.filter(name=periodic_task_name(task.pk)).delete()
     call_command("beat_sync")
-    assert "created 1, updated 0, deleted 0, unchanged 0" in capsys.readouterr().out
+    assert "created 1, updated 0, deleted 0, unchanged 1" in capsys.readouterr().out
 
 
 def test_duplicate_crontab_rows_made_elsewhere_do_not_break_the_sync():
@@ -248,9 +258,97 @@ def test_beat_start_runs_a_full_sync_when_startup_sync_is_on(
 
     beat_init.send(sender=None)
     assert PeriodicTask.objects.filter(name=periodic_task_name(task.pk)).exists() is expected
+    assert PeriodicTask.objects.filter(name=MAINTENANCE_NAME).exists() is expected
 
 
 def test_signals_are_connected_once():
     beat_sync_module.connect_signals()
     task = make_scheduled_task("once")
     assert PeriodicTask.objects.filter(name=periodic_task_name(task.pk)).count() == 1
+
+
+# --- the maintenance entry ---------------------------------------------------------------------
+
+
+def maintenance_entry() -> PeriodicTask:
+    return PeriodicTask.objects.select_related("crontab").get(name=MAINTENANCE_NAME)
+
+
+def test_a_full_sync_creates_the_maintenance_entry_every_minute_in_utc():
+    report = beat_sync()
+    assert report.created == 1
+    entry = maintenance_entry()
+    assert entry.task == MAINTENANCE_TASK_NAME == "orchestrator.run_maintenance"
+    assert (json.loads(entry.args), json.loads(entry.kwargs)) == ([], {})
+    assert entry.enabled is True
+    assert (entry.queue, entry.priority, entry.expire_seconds) == (None, None, None)
+    crontab = entry.crontab
+    fields = (crontab.minute, crontab.hour, crontab.day_of_month)
+    assert fields + (crontab.month_of_year, crontab.day_of_week) == ("*",) * 5
+    assert str(crontab.timezone) == "UTC"
+
+
+def test_the_maintenance_entry_is_never_an_orphan_and_a_resync_leaves_it_alone():
+    task = make_scheduled_task("neighbour")
+    beat_sync()
+    entry = maintenance_entry()
+    before = last_change()
+    report = beat_sync()
+    assert (report.created, report.updated, report.deleted, report.unchanged) == (0, 0, 0, 2)
+    assert maintenance_entry().date_changed == entry.date_changed
+    assert last_change() == before
+    task.delete()
+    assert beat_sync().deleted == 0  # the task's row went with it; the entry stays
+    assert maintenance_entry().pk == entry.pk
+
+
+def test_per_task_syncs_never_create_or_touch_the_maintenance_entry():
+    task = make_scheduled_task("solo")  # the save syncs this task only
+    assert not PeriodicTask.objects.filter(name=MAINTENANCE_NAME).exists()
+    beat_sync()
+    PeriodicTask.objects.filter(name=MAINTENANCE_NAME).update(enabled=False)
+    report = beat_sync(ScheduledTask.objects.filter(pk=task.pk))
+    assert (report.created, report.updated, report.unchanged) == (0, 0, 1)
+    assert maintenance_entry().enabled is False
+
+
+def test_a_full_sync_repairs_a_maintenance_entry_edited_by_hand():
+    beat_sync()
+    other = CrontabSchedule.objects.create(minute="0", hour="3", timezone="UTC")
+    PeriodicTask.objects.filter(name=MAINTENANCE_NAME).update(
+        enabled=False, crontab=other, queue="elsewhere", last_run_at="2026-01-01T00:00:00Z"
+    )
+    report = beat_sync()
+    assert (report.created, report.updated) == (0, 1)
+    entry = maintenance_entry()
+    assert (entry.enabled, entry.queue, entry.crontab.minute, entry.last_run_at) == (
+        True,
+        None,
+        "*",
+        None,
+    )
+    assert not CrontabSchedule.objects.filter(pk=other.pk).exists()  # nothing else used it
+
+
+def test_the_maintenance_schedule_setting_moves_the_entry_and_none_removes_it(settings):
+    beat_sync()
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "MAINTENANCE_SCHEDULE": "*/5 * * * *"}
+    assert beat_sync().updated == 1
+    assert maintenance_entry().crontab.minute == "*/5"
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "MAINTENANCE_SCHEDULE": None}
+    before = last_change()
+    assert beat_sync().deleted == 1
+    assert not PeriodicTask.objects.filter(name=MAINTENANCE_NAME).exists()
+    assert not CrontabSchedule.objects.filter(minute="*/5").exists()
+    assert last_change() > before
+    assert beat_sync().changed is False  # and it stays away
+
+
+def test_an_invalid_maintenance_schedule_is_reported_and_the_tasks_still_sync(settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "MAINTENANCE_SCHEDULE": "61 * * * *"}
+    task = make_scheduled_task("unaffected")
+    PeriodicTask.objects.filter(name=periodic_task_name(task.pk)).delete()
+    report = beat_sync()
+    assert [error.name for error in report.errors] == [MAINTENANCE_NAME]
+    assert report.created == 1
+    assert not PeriodicTask.objects.filter(name=MAINTENANCE_NAME).exists()
