@@ -33,10 +33,19 @@ DEFAULTS: dict[str, Any] = {
     "MAX_ERROR_CHARS": 2000,
     "MAX_RESULT_CHARS": 10000,
     "MAX_TRACEBACK_CHARS": 20000,
-    # Retries due later than this many seconds are stored in the database and sent when due,
-    # rather than waiting in the broker as an ETA message (Redis redelivers unacked messages after
-    # its visibility_timeout, RabbitMQ drops the channel after consumer_timeout).
+    # Retries due later than this many seconds are not sent to the broker: their "retried" run is
+    # kept in the database and the maintenance task sends it when due (Redis redelivers unacked
+    # ETA messages after its visibility_timeout, RabbitMQ drops the channel after
+    # consumer_timeout). Keep it below both.
     "MAX_BROKER_COUNTDOWN": 1800,
+    # Seconds after which the maintenance task marks a run of a task without a time limit that is
+    # still "running" as lost, and alerts it (a task with a limit gets its limit plus 60 s).
+    # None: never, for tasks without a limit.
+    "STUCK_RUN_TIMEOUT": 6 * 3600,
+    # Cron schedule, in UTC, of the maintenance task that beat_sync keeps as the PeriodicTask
+    # "orchestrator:maintenance" (it sends long retries, marks stuck runs and re-queues lost
+    # alerts). None removes the entry: run orchestrator.run_maintenance some other way.
+    "MAINTENANCE_SCHEDULE": "* * * * *",
     # Broker transport used to translate priorities ("redis", "amqp", ...); None reads Celery's
     # broker_url.
     "BROKER_TRANSPORT": None,
@@ -106,6 +115,16 @@ class OrchestratorSettings:
     @property
     def MAX_BROKER_COUNTDOWN(self) -> int:
         return int(self._get("MAX_BROKER_COUNTDOWN"))
+
+    @property
+    def STUCK_RUN_TIMEOUT(self) -> int | None:
+        value = self._get("STUCK_RUN_TIMEOUT")
+        return None if value is None else int(value)
+
+    @property
+    def MAINTENANCE_SCHEDULE(self) -> str | None:
+        value = self._get("MAINTENANCE_SCHEDULE")
+        return None if value is None else " ".join(str(value).split()) or None
 
     @property
     def BROKER_TRANSPORT(self) -> str | None:

@@ -1,4 +1,4 @@
-"""The Celery side of the dispatcher: one task, and the worker signals for killed attempts.
+"""The Celery side of the dispatcher: its task, the maintenance task, and the worker signals.
 
 ``run_scheduled_task`` is what beat (through django-celery-beat's ``PeriodicTask`` rows, args
 ``[scheduled_task_id]``) and :func:`orchestrator.dispatcher.enqueue` send. It only adapts the
@@ -13,14 +13,14 @@ import logging
 from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import Ignore, TimeLimitExceeded
+from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, task_revoked
 from django.db import close_old_connections, connection
-from django.utils import timezone
 
-from orchestrator import dispatcher, signals
+from orchestrator import dispatcher, maintenance, signals
 from orchestrator.conf import conf
 from orchestrator.dispatcher import TASK_NAME, Action
+from orchestrator.maintenance import TASK_NAME as MAINTENANCE_TASK_NAME
 from orchestrator.models import ScheduledTask, TaskRun
 
 # Celery's autodiscovery imports only this module of the app: importing the notification
@@ -35,7 +35,6 @@ def run_scheduled_task(
     self: Task,
     scheduled_task_id: int,
     trigger: str = TaskRun.Trigger.SCHEDULE,
-    not_before: str | None = None,
     scheduled_for: str | None = None,
 ) -> dict[str, Any] | None:
     """Run one attempt of a scheduled task; retry it through the broker when its policy says so.
@@ -45,20 +44,16 @@ def run_scheduled_task(
     priority, expiry and time limit taken from the task as loaded for this attempt: Celery would
     otherwise fall back to its own defaults or the wrong queue (celery#8357).
 
-    A retry due later than ``ORCHESTRATOR["MAX_BROKER_COUNTDOWN"]`` waits in hops: the message
-    carries ``not_before`` (an ISO 8601 time) and, arriving early, sends itself on again without
-    running, because an ETA message held longer than Redis' ``visibility_timeout`` is delivered
-    twice and RabbitMQ closes the channel after ``consumer_timeout``.
+    A retry due later than ``ORCHESTRATOR["MAX_BROKER_COUNTDOWN"]`` is not sent at all: its
+    ``retried`` row (``next_retry_at`` set, ``retry_sent_at`` empty) is the retry, and the
+    maintenance task (:mod:`orchestrator.maintenance`) sends it when it is due, because an ETA
+    message held longer than Redis' ``visibility_timeout`` is delivered twice and RabbitMQ
+    closes the channel after ``consumer_timeout``.
 
     ``scheduled_for`` (ISO 8601) is the schedule tick of the first attempt, carried by retries;
     beat's own messages have none and the dispatcher works it out (see ``run_task``).
     """
     request = self.request
-    carried: dict[str, Any] = {"trigger": trigger}
-    if scheduled_for:
-        carried["scheduled_for"] = scheduled_for
-    if not_before:
-        _wait_until_due(self, scheduled_task_id, {**carried, "not_before": not_before})
     delivery = request.delivery_info or {}
     outcome = dispatcher.run_task(
         scheduled_task_id,
@@ -73,61 +68,50 @@ def run_scheduled_task(
     )
     if outcome.action is Action.RETRY:
         task = outcome.scheduled_task
-        assert task is not None and outcome.run is not None  # a retry outcome carries both
-        kwargs = dict(carried)
-        if outcome.run.scheduled_for is not None:
-            kwargs["scheduled_for"] = outcome.run.scheduled_for.isoformat()
-        countdown = outcome.countdown
-        if countdown > conf.MAX_BROKER_COUNTDOWN and outcome.run.next_retry_at is not None:
-            kwargs["not_before"] = outcome.run.next_retry_at.isoformat()
-            countdown = float(conf.MAX_BROKER_COUNTDOWN)
+        run = outcome.run
+        assert task is not None and run is not None  # a retry outcome carries both
+        if outcome.countdown > conf.MAX_BROKER_COUNTDOWN:
+            logger.info(
+                "Retry of task %r (attempt %s) is due at %s, later than the broker may hold "
+                "it; the maintenance task will send it then",
+                task.name,
+                run.attempt + 1,
+                run.next_retry_at.isoformat() if run.next_retry_at else "-",
+            )
+            return {"run": run.pk, "status": run.status, "attempt": run.attempt}
+        kwargs: dict[str, Any] = {"trigger": trigger}
+        if run.scheduled_for is not None:
+            kwargs["scheduled_for"] = run.scheduled_for.isoformat()
         options = dispatcher.message_options(task, outcome.countdown)
         options["queue"] = options["queue"] or _default_queue(self)
         # throw=False: the retry message is sent (or Reject raised) before we get it back, so
-        # retry_sent_at says the broker has it; a retried row without it was never handed over.
+        # retry_sent_at says the broker has it; a retried row without it was never handed over,
+        # and the maintenance task sends it again.
         retry = self.retry(
             args=[scheduled_task_id],
             kwargs=kwargs,
-            countdown=countdown,
+            countdown=outcome.countdown,
             max_retries=outcome.max_retries,
             throw=False,
             **options,
         )
-        dispatcher.mark_retry_sent(outcome.run)
+        dispatcher.mark_retry_sent(run)
         raise retry
     if outcome.run is None:
         return None
     return {"run": outcome.run.pk, "status": outcome.run.status, "attempt": outcome.run.attempt}
 
 
-def _wait_until_due(self: Task, scheduled_task_id: int, kwargs: dict[str, Any]) -> None:
-    """Return if ``kwargs["not_before"]`` has come; otherwise send this message on, stop here.
+@shared_task(name=MAINTENANCE_TASK_NAME, ignore_result=True)
+def run_maintenance() -> dict[str, int]:
+    """One maintenance pass (see :func:`orchestrator.maintenance.run_maintenance`).
 
-    The next hop keeps the Celery task id and retry count, so the attempt it finally runs is
-    numbered as the retry it is. Stopping raises Ignore: the message is acknowledged and
-    nothing is recorded. A scheduled task that is gone returns at once, for run_task to drop.
+    beat_sync schedules it every minute as the PeriodicTask ``orchestrator:maintenance``.
     """
-    not_before = kwargs["not_before"]
-    remaining = (dt.datetime.fromisoformat(not_before) - timezone.now()).total_seconds()
-    if remaining <= 0:
-        return
-    task = ScheduledTask.objects.filter(pk=scheduled_task_id).first()
-    if task is None:
-        return
-    options = dispatcher.message_options(task, remaining)
-    options["queue"] = options["queue"] or _default_queue(self)
-    self.apply_async(
-        args=[scheduled_task_id],
-        kwargs=kwargs,
-        task_id=self.request.id,
-        retries=self.request.retries,
-        countdown=min(remaining, float(conf.MAX_BROKER_COUNTDOWN)),
-        **options,
-    )
-    logger.info(
-        "Retry of task %r not due before %s; waiting %.0f s more", task.name, not_before, remaining
-    )
-    raise Ignore()
+    report = maintenance.run_maintenance()
+    if report.changed:
+        logger.info("orchestrator maintenance: %s", report)
+    return report.as_dict()
 
 
 def _sent_by_beat(request: Any) -> bool:

@@ -93,6 +93,9 @@ ORCHESTRATOR = {
     "SLACK_API_URL": os.environ.get("ORCHESTRATOR_SLACK_API_URL", "http://127.0.0.1:9/api/"),
     "SLACK_BOT_TOKEN": os.environ.get("ORCHESTRATOR_SLACK_BOT_TOKEN", ""),
 }
+# Integration tests give their worker a short limit, so a "long" retry takes seconds.
+if os.environ.get("ORCHESTRATOR_MAX_BROKER_COUNTDOWN"):
+    ORCHESTRATOR["MAX_BROKER_COUNTDOWN"] = int(os.environ["ORCHESTRATOR_MAX_BROKER_COUNTDOWN"])
 
 LOGGING = {
     "version": 1,

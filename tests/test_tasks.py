@@ -175,7 +175,7 @@ NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 @freeze_time(NOW)
 @override_settings(ORCHESTRATOR=MAX_COUNTDOWN)
-def test_a_retry_due_later_than_the_broker_can_hold_waits_in_hops() -> None:
+def test_a_retry_due_later_than_the_broker_can_hold_is_kept_in_the_database_not_sent() -> None:
     task = make_scheduled_task(
         "slow-retry",
         "tests.sample_tasks.always_fails",
@@ -184,53 +184,52 @@ def test_a_retry_due_later_than_the_broker_can_hold_waits_in_hops() -> None:
         retry_delay=7200,
         retry_backoff_max=7200,
     )
-    with mock.patch.object(run_scheduled_task, "retry", return_value=Retry()) as retry:
-        run_scheduled_task.apply(args=[task.pk], headers={"periodic_task_name": "x"})
+    with (
+        mock.patch.object(run_scheduled_task, "retry") as retry,
+        mock.patch.object(run_scheduled_task, "apply_async") as apply_async,
+    ):
+        result = run_scheduled_task.apply(args=[task.pk], headers={"periodic_task_name": "x"})
 
-    due = NOW + dt.timedelta(seconds=7200)
-    assert TaskRun.objects.get().next_retry_at == due
-    assert retry.call_args.kwargs["countdown"] == 1800.0
-    assert retry.call_args.kwargs["kwargs"] == {
-        "trigger": "schedule",
-        "scheduled_for": NOW.isoformat(),
-        "not_before": due.isoformat(),
-    }
-
-
-@freeze_time(NOW)
-@override_settings(ORCHESTRATOR=MAX_COUNTDOWN)
-def test_a_hop_that_arrives_early_sends_itself_on_without_running() -> None:
-    task = make_scheduled_task("slow-retry", "tests.sample_tasks.noop", expires=60)
-    not_before = (NOW + dt.timedelta(seconds=5000)).isoformat()
-
-    with mock.patch.object(run_scheduled_task, "apply_async") as apply_async:
-        result = run_scheduled_task.apply(
-            args=[task.pk], kwargs={"not_before": not_before}, retries=2, task_id="c-9"
-        )
-
-    assert result.state == "IGNORED"
-    assert not TaskRun.objects.exists()
-    apply_async.assert_called_once_with(
-        args=[task.pk],
-        kwargs={"trigger": "schedule", "not_before": not_before},
-        task_id="c-9",
-        retries=2,
-        countdown=1800.0,
-        queue="celery",
-        priority=None,
-        expires=5060.0,
-        time_limit=None,
+    retry.assert_not_called()
+    apply_async.assert_not_called()
+    run = TaskRun.objects.get()
+    assert result.get() == {"run": run.pk, "status": "retried", "attempt": 1}
+    # The row is the retry: due in two hours, not handed to the broker.
+    assert (run.status, run.next_retry_at, run.retry_sent_at) == (
+        TaskRun.Status.RETRIED,
+        NOW + dt.timedelta(seconds=7200),
+        None,
     )
 
 
 @freeze_time(NOW)
-def test_a_hop_that_is_due_runs_the_attempt_it_carries() -> None:
-    task = make_scheduled_task("slow-retry", "tests.sample_tasks.noop")
-    not_before = (NOW - dt.timedelta(seconds=1)).isoformat()
+@override_settings(ORCHESTRATOR=MAX_COUNTDOWN)
+def test_a_retry_exactly_at_the_broker_limit_still_goes_through_the_broker() -> None:
+    task = make_scheduled_task(
+        "edge-retry",
+        "tests.sample_tasks.always_fails",
+        max_retries=1,
+        retry_backoff="fixed",
+        retry_delay=1800,
+        retry_backoff_max=1800,
+    )
+    with mock.patch.object(run_scheduled_task, "retry", return_value=Retry()) as retry:
+        run_scheduled_task.apply(args=[task.pk])
 
-    with mock.patch.object(run_scheduled_task, "apply_async") as apply_async:
-        run_scheduled_task.apply(args=[task.pk], kwargs={"not_before": not_before}, retries=1)
+    assert retry.call_args.kwargs["countdown"] == 1800.0
+    assert TaskRun.objects.get().retry_sent_at == NOW
 
-    apply_async.assert_not_called()
-    run = TaskRun.objects.get()
-    assert (run.attempt, run.status) == (2, TaskRun.Status.SUCCEEDED)
+
+def test_the_maintenance_task_is_registered_under_the_name_beat_sync_schedules() -> None:
+    from orchestrator.beat_sync import MAINTENANCE_TASK_NAME
+    from orchestrator.tasks import run_maintenance
+
+    assert run_maintenance.name == MAINTENANCE_TASK_NAME == "orchestrator.run_maintenance"
+    assert run_maintenance.apply().get() == {
+        "retries_sent": 0,
+        "retries_already_run": 0,
+        "retries_not_sent": 0,
+        "runs_lost": 0,
+        "deliveries_requeued": 0,
+        "deliveries_failed": 0,
+    }
