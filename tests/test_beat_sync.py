@@ -283,8 +283,8 @@ def test_a_full_sync_creates_the_maintenance_entry_every_minute_in_utc():
     assert entry.enabled is True
     assert (entry.queue, entry.priority, entry.expire_seconds) == (None, None, None)
     crontab = entry.crontab
-    fields = (crontab.minute, crontab.hour, crontab.day_of_month)
-    assert fields + (crontab.month_of_year, crontab.day_of_week) == ("*",) * 5
+    fields = (crontab.minute, crontab.hour, crontab.day_of_month, crontab.month_of_year)
+    assert (*fields, crontab.day_of_week) == ("*",) * 5
     assert str(crontab.timezone) == "UTC"
 
 
