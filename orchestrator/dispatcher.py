@@ -11,20 +11,36 @@ the API).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import json
 import logging
+import time
 import traceback as traceback_module
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from django.db.models import OuterRef, Q, Subquery
 from django.dispatch import Signal
 from django.utils import timezone
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from orchestrator import callables, cron, signals
 from orchestrator.conf import conf
@@ -54,6 +70,17 @@ FINAL_RUNS = Q(status__in=(TaskRun.Status.SUCCEEDED, TaskRun.Status.FAILED)) | (
 FAILED_FINAL_STATUSES = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
 
 _TRUNCATION_MARK = "… [{count} characters cut]"
+
+# The history is written again after a dropped connection (the server restarted, an operator
+# or a pooler terminated the backend): 5 tries, 0.5 s to 4 s apart, about 7.5 s in all. Enough
+# to ride out a restart of a few seconds; bounded, so a worker does not hang on a database
+# that is gone. The sleep is looked up at each call so that tests can replace it.
+HISTORY_WRITE_ATTEMPTS = 5
+HISTORY_WRITE_WAIT = wait_exponential(multiplier=0.5, min=0.5, max=4)
+_CONNECTION_ERRORS = (OperationalError, InterfaceError)
+_sleep: Callable[[float], None] = time.sleep
+
+_T = TypeVar("_T")
 
 
 class InvalidTaskError(Exception):
@@ -185,6 +212,41 @@ def send_signal(signal: Signal, run: TaskRun, task: ScheduledTask) -> None:
             )
 
 
+def with_reconnect(write: Callable[[], _T], *, what: str) -> _T:
+    """``write()``, done again on a fresh connection if the database connection failed.
+
+    Each failure is logged at ERROR with ``what`` (which task and attempt it was for); the last
+    one is raised. Inside a transaction ``write`` runs once: the transaction belongs to the
+    caller and went down with the connection, so writing again outside it would be wrong.
+    """
+    if connection.in_atomic_block:
+        return write()
+
+    def reconnect(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        logger.error(
+            "Database error while %s (try %s of %s): %s",
+            what,
+            state.attempt_number,
+            HISTORY_WRITE_ATTEMPTS,
+            error,
+        )
+        # Django opens a new connection on the next query once this one is closed; closing a
+        # dead connection may itself fail, and changes nothing then.
+        with contextlib.suppress(DatabaseError):
+            connection.close()
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(_CONNECTION_ERRORS),
+        stop=stop_after_attempt(HISTORY_WRITE_ATTEMPTS),
+        wait=HISTORY_WRITE_WAIT,
+        sleep=lambda seconds: _sleep(seconds),
+        after=reconnect,
+        reraise=True,
+    )
+    return retrying(write)
+
+
 def load_scheduled_task(scheduled_task_id: int) -> ScheduledTask | None:
     """The task with its definition, in one query; None if it no longer exists.
 
@@ -221,20 +283,53 @@ def _is_duplicate_tick(err: IntegrityError) -> bool:
 
 
 def _insert(base: dict[str, Any], **fields: Any) -> TaskRun | None:
-    """Insert a run; None if a live run of the same task, tick and attempt already exists."""
-    if base["scheduled_for"] is None:
-        return TaskRun.objects.create(**base, **fields)
-    try:
-        if connection.in_atomic_block:
+    """Insert a run; None if a live run of the same task, tick and attempt already exists.
+
+    The insert is tried again on a fresh connection after a connection error (see
+    :func:`with_reconnect`). The error may have come after the server committed it: a later
+    try then looks for that row (same task, attempt, Celery id and start time) and takes it as
+    its own rather than inserting it twice or mistaking it for a duplicate.
+    """
+    task = base["scheduled_task"]
+    tries = 0
+
+    def insert() -> TaskRun:
+        nonlocal tries
+        tries += 1
+        if tries > 1 and base["celery_task_id"]:
+            committed = TaskRun.objects.filter(
+                scheduled_task=task,
+                attempt=base["attempt"],
+                celery_task_id=base["celery_task_id"],
+                started_at=fields["started_at"],
+            ).first()
+            if committed is not None:
+                return committed
+        if base["scheduled_for"] is not None and connection.in_atomic_block:
             # A caller's transaction survives the duplicate only through a savepoint. Workers
             # run in autocommit, where a failed INSERT costs nothing more.
             with transaction.atomic():
                 return TaskRun.objects.create(**base, **fields)
         return TaskRun.objects.create(**base, **fields)
+
+    what = f"recording task {task.name!r} attempt {base['attempt']} as {fields['status']}"
+    try:
+        return with_reconnect(insert, what=what)
     except IntegrityError as err:
-        if not _is_duplicate_tick(err):
+        if base["scheduled_for"] is None or not _is_duplicate_tick(err):
             raise
-    task = base["scheduled_task"]
+    except _CONNECTION_ERRORS:
+        # Nothing is called without a row to record it in: the attempt stops here, and this
+        # line is its only trace.
+        logger.error(
+            "Could not record task %r attempt %s as %s (Celery id %s); the database is "
+            "unreachable and the function was not called",
+            task.name,
+            base["attempt"],
+            fields["status"],
+            base["celery_task_id"] or "-",
+        )
+        raise
     logger.warning(
         "Task %r attempt %s for the tick of %s already has a run; dropping this duplicate "
         "(Celery id %s)",
@@ -273,9 +368,15 @@ def run_task(
       ``failed`` (``task_failed``). The retry decision uses the task's policy as loaded now.
 
     Signals are sent after the row is written. A successful attempt costs three queries (load,
-    insert, update) plus whatever the signal receivers do. ``redelivered`` says the broker
-    delivered this message again after a worker died: the ``running`` row the dead worker left
-    for this Celery task id is marked ``lost`` first.
+    insert, update) plus whatever the signal receivers do. A query that fails on a dropped
+    database connection is logged and tried again on a new one (:func:`with_reconnect`); an
+    outcome that still cannot be written is logged at ERROR, and the run goes on.
+
+    ``redelivered`` says the broker delivered this message again after a worker died. The
+    ``running`` row the dead worker left for this Celery task id is marked ``lost``, and the
+    attempt runs again in the same tick. If that attempt had already finished (the worker died
+    after writing its outcome, before acknowledging the message), the message is dropped
+    without calling the function.
 
     ``scheduled_for`` is the schedule tick the run belongs to. A first attempt sent by beat
     (``from_beat``) without one takes the latest tick of the cron expression; retries carry it
@@ -285,7 +386,10 @@ def run_task(
     counts as that tick: missed ticks are coalesced, as cron does, rather than run in a burst.
     Runs sent any other way (run_now, the API, a hand-sent message) have no tick and no guard.
     """
-    task = load_scheduled_task(scheduled_task_id)
+    task = with_reconnect(
+        lambda: load_scheduled_task(scheduled_task_id),
+        what=f"loading scheduled task {scheduled_task_id} (attempt {attempt})",
+    )
     if task is None:
         logger.warning(
             "Scheduled task %s no longer exists; dropping its run (attempt %s, Celery id %s)",
@@ -296,12 +400,23 @@ def run_task(
         return RunOutcome(Action.DROP)
 
     if redelivered and celery_task_id:
-        mark_lost(
-            celery_task_id,
-            "The worker running this attempt was lost; the broker delivered it again.",
-            error_type=WORKER_LOST,
-            now=now,
-        )
+        earlier = _take_over_redelivered(task, celery_task_id, attempt, now)
+        finished = next((r for r in earlier if r.status in TaskRun.FINISHED_STATUSES), None)
+        if finished is not None:
+            logger.warning(
+                "Task %r attempt %s was delivered again after it had finished (%s, run %s, "
+                "Celery id %s); not running it again",
+                task.name,
+                attempt,
+                finished.status,
+                finished.pk,
+                celery_task_id,
+            )
+            return RunOutcome(Action.DROP, scheduled_task=task)
+        if scheduled_for is None:
+            # The attempt belongs to the tick the dead worker ran it for, not to the tick of
+            # the time it came back.
+            scheduled_for = next((r.scheduled_for for r in earlier if r.scheduled_for), None)
 
     if scheduled_for is None and from_beat and attempt == 1:
         scheduled_for = current_tick(task, now())
@@ -393,7 +508,7 @@ def run_task(
     if error is None:
         run.status = TaskRun.Status.SUCCEEDED
         run.result = json_safe_result(value, conf.MAX_RESULT_CHARS)
-        run.save(update_fields=[*update_fields, "result"])
+        _save_outcome(run, task, [*update_fields, "result"])
         logger.info("Task %r attempt %s succeeded", task.name, attempt)
         send_signal(signals.task_succeeded, run, task)
         if task.previous_final_status in FAILED_FINAL_STATUSES:  # type: ignore[attr-defined]
@@ -408,7 +523,7 @@ def run_task(
     if decision.retry:
         run.status = TaskRun.Status.RETRIED
         run.next_retry_at = finished + dt.timedelta(seconds=decision.countdown)
-        run.save(update_fields=[*update_fields, "next_retry_at"])
+        _save_outcome(run, task, [*update_fields, "next_retry_at"])
         logger.warning(
             "Task %r attempt %s of %s failed (%s: %s); retrying in %.1f s",
             task.name,
@@ -424,7 +539,7 @@ def run_task(
         )
 
     run.status = TaskRun.Status.FAILED
-    run.save(update_fields=update_fields)
+    _save_outcome(run, task, update_fields)
     logger.error(
         "Task %r failed for good at attempt %s of %s (%s: %s)",
         task.name,
@@ -435,6 +550,35 @@ def run_task(
     )
     send_signal(signals.task_failed, run, task)
     return RunOutcome(Action.DONE, run, task)
+
+
+def _save_outcome(run: TaskRun, task: ScheduledTask, update_fields: list[str]) -> None:
+    """Write the outcome held in ``run``; if the database stays unreachable, log it instead.
+
+    The function has run by now, so its outcome must not vanish with the connection: the
+    ERROR line carries what the row would have said (never the result or the kwargs, which may
+    hold data the logs must not), and the caller goes on as if it had been written (signals,
+    retry), leaving the row ``running`` in the database.
+    """
+    try:
+        with_reconnect(
+            lambda: run.save(update_fields=update_fields),
+            what=f"recording task {task.name!r} attempt {run.attempt} as {run.status}",
+        )
+    except _CONNECTION_ERRORS as err:
+        logger.error(
+            "Could not record the outcome of task %r attempt %s (run %s, Celery id %s): "
+            "status %s, finished at %s after %.3f s%s; the database said: %s",
+            task.name,
+            run.attempt,
+            run.pk,
+            run.celery_task_id or "-",
+            run.status,
+            run.finished_at.isoformat() if run.finished_at else "-",
+            run.duration.total_seconds() if run.duration is not None else 0.0,
+            f", {run.error_type}: {run.error_message[:200]}" if run.error_type else "",
+            err,
+        )
 
 
 def mark_lost(
@@ -452,7 +596,11 @@ def mark_lost(
     runs = list(
         TaskRun.objects.filter(celery_task_id=celery_task_id, status=TaskRun.Status.RUNNING)
     )
-    finished = now()
+    _set_lost(runs, message, error_type, now())
+    return runs
+
+
+def _set_lost(runs: list[TaskRun], message: str, error_type: str, finished: dt.datetime) -> None:
     for run in runs:
         run.status = TaskRun.Status.LOST
         run.finished_at = finished
@@ -463,7 +611,31 @@ def mark_lost(
         TaskRun.objects.bulk_update(
             runs, ["status", "finished_at", "duration", "error_type", "error_message"]
         )
-    return runs
+
+
+def _take_over_redelivered(
+    task: ScheduledTask, celery_task_id: str, attempt: int, now: Callable[[], dt.datetime]
+) -> list[TaskRun]:
+    """The rows of ``attempt`` of a message delivered again, its dead worker's marked lost.
+
+    Every ``running`` row of the Celery task id is marked ``lost`` (the dead worker can write
+    nothing more); the rows of this attempt are returned, to tell whether it had finished.
+    """
+
+    def take_over() -> list[TaskRun]:
+        rows = list(TaskRun.objects.filter(celery_task_id=celery_task_id, scheduled_task=task))
+        running = [r for r in rows if r.status == TaskRun.Status.RUNNING]
+        _set_lost(
+            running,
+            "The worker running this attempt was lost; the broker delivered it again.",
+            WORKER_LOST,
+            now(),
+        )
+        return [r for r in rows if r.attempt == attempt]
+
+    return with_reconnect(
+        take_over, what=f"taking over task {task.name!r} attempt {attempt} delivered again"
+    )
 
 
 def mark_retry_sent(run: TaskRun, now: Callable[[], dt.datetime] = timezone.now) -> None:

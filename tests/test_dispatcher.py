@@ -556,3 +556,204 @@ def test_timestamps_come_from_the_clock_in_use() -> None:
     assert run is not None
     assert (run.started_at, run.duration) == (NOW, dt.timedelta(seconds=3))
     assert run.started_at <= timezone.now()
+
+
+# --- a message delivered again, a database connection that drops --------------------------
+
+
+@pytest.mark.parametrize("finished", ["succeeded", "failed", "retried", "skipped"])
+def test_a_message_delivered_again_after_its_attempt_finished_is_dropped_uncalled(
+    finished: str, tmp_path: Path, caplog: Any
+) -> None:
+    # The worker died after writing the outcome and before acknowledging the message. A manual
+    # run has no tick, so only the Celery id can tell.
+    log = tmp_path / "calls.log"
+    task = make_scheduled_task(
+        "record", "tests.sample_tasks.record", kwargs={"log_file": str(log), "label": "ran"}
+    )
+    done = make_run(task, status=finished, celery_task_id="c1", trigger="manual")
+
+    outcome = run_task(task.pk, trigger="manual", celery_task_id="c1", redelivered=True)
+
+    assert outcome.action is Action.DROP
+    assert not log.exists()
+    assert list(TaskRun.objects.values_list("pk", flat=True)) == [done.pk]
+    assert f"delivered again after it had finished ({finished}, run {done.pk}" in caplog.text
+
+
+def test_a_beat_message_delivered_again_in_a_later_tick_does_not_run_again() -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    tick = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+    make_run(task, celery_task_id="c1", scheduled_for=tick)
+
+    # Redis gives an unacknowledged message back after its visibility timeout: ticks later.
+    with freeze_time(tick + dt.timedelta(minutes=5, seconds=7)):
+        outcome = run_task(task.pk, celery_task_id="c1", redelivered=True, from_beat=True)
+
+    assert outcome.action is Action.DROP
+    assert TaskRun.objects.count() == 1
+
+
+def test_a_message_delivered_again_runs_only_the_attempt_it_carries() -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    make_run(task, status=TaskRun.Status.RETRIED, celery_task_id="c1", attempt=1)
+
+    outcome = run_task(task.pk, attempt=2, celery_task_id="c1", redelivered=True)
+
+    assert outcome.action is Action.DONE
+    assert outcome.run is not None and outcome.run.attempt == 2
+
+
+def test_an_attempt_delivered_again_keeps_the_tick_its_dead_worker_ran_it_for() -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    tick = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+    orphan = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c1", scheduled_for=tick)
+
+    with freeze_time(tick + dt.timedelta(minutes=5)):
+        outcome = run_task(task.pk, celery_task_id="c1", redelivered=True, from_beat=True)
+
+    orphan.refresh_from_db()
+    assert orphan.status == TaskRun.Status.LOST
+    assert outcome.run is not None and outcome.run.scheduled_for == tick
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The reconnect delays, recorded instead of slept."""
+    slept: list[float] = []
+    monkeypatch.setattr(dispatcher, "_sleep", slept.append)
+    return slept
+
+
+def failing_saves(monkeypatch: pytest.MonkeyPatch, fail: Any) -> list[int]:
+    """Make ``TaskRun.save`` raise OperationalError on the calls for which ``fail(n)`` is true.
+
+    ``create()`` saves too: call 1 is the ``running`` insert, call 2 the outcome's update.
+    """
+    real_save = TaskRun.save
+    calls: list[int] = []
+
+    def save(self: TaskRun, *args: Any, **kwargs: Any) -> None:
+        calls.append(len(calls) + 1)
+        if fail(len(calls)):
+            raise dispatcher.OperationalError("terminating connection due to administrator command")
+        real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskRun, "save", save)
+    return calls
+
+
+# Outside a test transaction, as in a worker: a transaction of the caller's is never retried.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("failing_call", [1, 2], ids=["insert", "outcome"])
+def test_a_history_write_on_a_dropped_connection_is_logged_and_written_again(
+    failing_call: int,
+    monkeypatch: pytest.MonkeyPatch,
+    sleeps: list[float],
+    tmp_path: Path,
+    caplog: Any,
+) -> None:
+    log = tmp_path / "calls.log"
+    task = make_scheduled_task(
+        "record", "tests.sample_tasks.record", kwargs={"log_file": str(log), "label": "ran"}
+    )
+    failing_saves(monkeypatch, lambda n: n == failing_call)
+
+    with mock.patch.object(
+        dispatcher.connection, "close", wraps=dispatcher.connection.close
+    ) as close:
+        outcome = run_task(task.pk, trigger="manual", celery_task_id="c1")
+
+    assert outcome.run is not None
+    assert TaskRun.objects.get().status == TaskRun.Status.SUCCEEDED
+    assert log.read_text() == "ran\n"
+    assert sleeps == [0.5]
+    close.assert_called_once_with()  # Django opens a new connection on the next query
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "Database error while recording task 'record' attempt 1" in errors[0].getMessage()
+    assert "(try 1 of 5): terminating connection" in errors[0].getMessage()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_insert_the_server_committed_before_the_connection_dropped_is_not_made_twice(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], tmp_path: Path
+) -> None:
+    log = tmp_path / "calls.log"
+    task = make_scheduled_task(
+        "record", "tests.sample_tasks.record", kwargs={"log_file": str(log), "label": "ran"}
+    )
+    real_save = TaskRun.save
+    calls: list[int] = []
+
+    def save(self: TaskRun, *args: Any, **kwargs: Any) -> None:
+        real_save(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # written, but the answer never came back
+            raise dispatcher.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(TaskRun, "save", save)
+    tick = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+    outcome = run_task(task.pk, celery_task_id="c1", scheduled_for=tick)
+
+    assert outcome.action is Action.DONE
+    assert log.read_text() == "ran\n"  # not mistaken for another beat's run of the tick
+    run = TaskRun.objects.get()
+    assert (run.pk, run.status) == (outcome.run.pk, TaskRun.Status.SUCCEEDED)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_outcome_that_cannot_be_written_is_logged_with_what_it_was(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], caplog: Any
+) -> None:
+    task = make_scheduled_task("fails", "tests.sample_tasks.always_fails", max_retries=0)
+    failing_saves(monkeypatch, lambda n: n > 1)
+
+    outcome = run_task(task.pk, celery_task_id="c1")
+
+    # Every try is logged, backing off; the last line says what the row would have said.
+    assert sleeps == [0.5, 1.0, 2.0, 4.0]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert [m.split(" (try ")[1][:6] for m in errors[:5]] == [f"{n} of 5" for n in range(1, 6)]
+    assert errors[5].startswith(
+        f"Could not record the outcome of task 'fails' attempt 1 (run {outcome.run.pk}, "
+        "Celery id c1): status failed, finished at "
+    )
+    assert ", RuntimeError: boom; the database said: terminating connection" in errors[5]
+    # The run goes on: the failure is final, as it would have been.
+    assert outcome.action is Action.DONE and outcome.status == TaskRun.Status.FAILED
+    assert TaskRun.objects.get().status == TaskRun.Status.RUNNING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_that_cannot_be_recorded_at_all_never_calls_the_function(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], tmp_path: Path, caplog: Any
+) -> None:
+    log = tmp_path / "calls.log"
+    task = make_scheduled_task(
+        "record", "tests.sample_tasks.record", kwargs={"log_file": str(log), "label": "ran"}
+    )
+    failing_saves(monkeypatch, lambda n: True)
+
+    with pytest.raises(dispatcher.OperationalError):
+        run_task(task.pk, celery_task_id="c1")
+
+    assert not log.exists()
+    assert len(sleeps) == 4
+    assert (
+        "Could not record task 'record' attempt 1 as running (Celery id c1); the database is "
+        "unreachable and the function was not called"
+    ) in caplog.text
+
+
+def test_inside_a_callers_transaction_a_dropped_connection_is_not_retried(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    calls = failing_saves(monkeypatch, lambda n: n == 1)
+
+    with pytest.raises(dispatcher.OperationalError):
+        run_task(task.pk)
+
+    assert (calls, sleeps) == ([1], [])
