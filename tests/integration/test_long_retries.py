@@ -1,6 +1,6 @@
 """Long retry delays through a real worker: held in the database, sent by the maintenance task.
 
-The worker runs with ``MAX_BROKER_COUNTDOWN`` at 2 s, so a 6 s retry is "longer than the broker
+The worker runs with ``MAX_BROKER_COUNTDOWN`` at 2 s, so an 8 s retry is "longer than the broker
 may hold": it must not become an ETA message, must show in the history with its due time, and
 must be sent by the maintenance entry that beat_sync keeps. The test sends that entry's message
 itself, built from the PeriodicTask row as beat builds it, instead of waiting for beat's minute.
@@ -27,7 +27,7 @@ from tests.utils import make_run, make_scheduled_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-RETRY_DELAY = 6
+RETRY_DELAY = 8
 
 
 def send_maintenance_as_beat_would(worker: CeleryProcess) -> None:
@@ -65,7 +65,7 @@ def test_a_long_retry_waits_in_the_database_until_the_maintenance_task_sends_it(
     )
     worker.wait_for_log("the maintenance task will send it then")
 
-    # Held: due in 6 s, never handed to the broker.
+    # Held: due in 8 s, never handed to the broker.
     assert first.retry_sent_at is None
     assert first.next_retry_at - first.finished_at == dt.timedelta(seconds=RETRY_DELAY)
     assert "Retry in" not in worker.log()
