@@ -83,6 +83,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "queue_order_strategy": "priority",
     "visibility_timeout": 3600,
 }
+# The fault tests give a worker a short visibility timeout, swept every second, so that the
+# message of a killed worker comes back in seconds rather than an hour.
+if os.environ.get("ORCHESTRATOR_TEST_VISIBILITY_TIMEOUT"):
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        visibility_timeout=int(os.environ["ORCHESTRATOR_TEST_VISIBILITY_TIMEOUT"]),
+        unacked_restore_interval=1,
+        unacked_restore_throttle=1,
+    )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"

@@ -147,7 +147,9 @@ def start_worker(
     """Start a real Celery worker: ``start_worker(queues=["celery"], concurrency=1)``.
 
     ``loglevel="DEBUG"`` is for tests that read what the worker logs; the root level itself comes
-    from the Django settings, since the worker does not hijack the root logger.
+    from the Django settings, since the worker does not hijack the root logger. ``include`` names
+    extra modules the worker imports at start (hooks of the fault tests); keyword arguments in
+    capitals are environment variables of the worker (``CELERY_BROKER_URL`` among them).
     """
     started: list[CeleryProcess] = []
 
@@ -156,6 +158,7 @@ def start_worker(
         concurrency: int = 1,
         purge: bool = True,
         loglevel: str = "INFO",
+        include: list[str] | None = None,
         **env: str,
     ) -> CeleryProcess:
         queues = queues or ["celery"]
@@ -174,6 +177,7 @@ def start_worker(
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
+                *([f"--include={','.join(include)}"] if include else []),
             ],
             subprocess_env(real_database, broker_url, **env),
             log_path,
