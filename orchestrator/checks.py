@@ -2,6 +2,7 @@
 
 * orchestrator.E001: django_celery_beat is not in INSTALLED_APPS.
 * orchestrator.E002: ORCHESTRATOR is not a dict, or has unknown keys.
+* orchestrator.E003: MAINTENANCE_SCHEDULE is not a valid cron expression.
 * orchestrator.W001: ALLOWED_TASK_MODULES is empty, so no task can be defined.
 * orchestrator.W002: priorities are set, but workers prefetch more than one message.
 * orchestrator.W003: priorities are set, but the dispatch task is not acknowledged late.
@@ -19,6 +20,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.db import DatabaseError
 
+from orchestrator import cron
 from orchestrator.conf import DEFAULTS, conf
 from orchestrator.policies.priority import HIGH_FIRST_TRANSPORTS, supports_priority
 from orchestrator.routing import broker_transport
@@ -58,6 +60,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
                 id="orchestrator.E002",
             )
         )
+    schedule = conf.MAINTENANCE_SCHEDULE
+    if schedule is not None:
+        try:
+            cron.validate(schedule)
+        except cron.CronError as err:
+            problems.append(
+                Error(
+                    f"ORCHESTRATOR['MAINTENANCE_SCHEDULE'] is invalid: {err}",
+                    hint="Use a 5-field cron expression such as '* * * * *', or None to run "
+                    "orchestrator.run_maintenance some other way.",
+                    id="orchestrator.E003",
+                )
+            )
     if not conf.ALLOWED_TASK_MODULES:
         problems.append(
             Warning(

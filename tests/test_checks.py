@@ -33,6 +33,15 @@ def test_e002_unknown_keys_are_named(settings):
     assert "ALLOWED_MODULES" in messages[0].msg
 
 
+def test_e003_invalid_maintenance_schedule(settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "MAINTENANCE_SCHEDULE": "every minute"}
+    messages = checks.check_settings()
+    assert ids(messages) == ["orchestrator.E003"]
+    assert "MAINTENANCE_SCHEDULE" in messages[0].msg
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "MAINTENANCE_SCHEDULE": None}
+    assert checks.check_settings() == []
+
+
 def test_w001_empty_allow_list(settings):
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "ALLOWED_TASK_MODULES": []}
     messages = checks.check_settings()
