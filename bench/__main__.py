@@ -1,0 +1,43 @@
+"""Run the benchmarks and print markdown tables.
+
+    python -m bench                      # full run (1,000 and 10,000 tasks; 2,000 runs; ...)
+    python -m bench --smoke              # small N, as CI runs it
+    python -m bench --only beat_sync     # one benchmark
+
+Needs DATABASE_URL (PostgreSQL) and, for the dispatch benchmark, CELERY_BROKER_URL (Redis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+from bench.env import setup_django, throwaway_database
+
+BENCHMARKS = ("beat_sync", "dispatch", "alert_storm")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="small N, a few seconds each")
+    parser.add_argument("--only", choices=BENCHMARKS, action="append")
+    args = parser.parse_args(argv)
+    setup_django()
+    chosen = args.only or list(BENCHMARKS)
+    with throwaway_database() as name:
+        from django.db import connection
+
+        print(f"# orchestrator benchmarks ({connection.vendor} database {name})\n")
+        for benchmark in chosen:
+            module = importlib.import_module(f"bench.{benchmark}_bench")
+            started = time.perf_counter()
+            print(f"## {benchmark}\n")
+            print(module.main(smoke=args.smoke))
+            print(f"\n({time.perf_counter() - started:.1f} s)\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Django set-up for benchmarks: the test settings, on a throwaway database."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup_django() -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    import django
+
+    django.setup()
+
+
+@contextmanager
+def throwaway_database() -> Iterator[str]:
+    """Create the test database (``test_<name>``), migrate it, and drop it afterwards."""
+    from django.db import connection
+    from django.test.utils import setup_databases, teardown_databases
+
+    old_config = setup_databases(verbosity=0, interactive=False, keepdb=False)
+    try:
+        yield connection.settings_dict["NAME"]
+    finally:
+        teardown_databases(old_config, verbosity=0)
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    queries: int
+    result: Any = None
+
+
+def measure(func: Callable[[], Any]) -> Measurement:
+    """Wall time and SQL statements of one call."""
+    from django.db import connection
+
+    count = 0
+
+    def counter(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any):
+        nonlocal count
+        count += 1
+        return execute(sql, params, many, context)
+
+    # execute_wrapper counts every statement; CaptureQueriesContext keeps only the last 9,000.
+    with connection.execute_wrapper(counter):
+        start = time.perf_counter()
+        result = func()
+        elapsed = time.perf_counter() - start
+    return Measurement(elapsed, count, result)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.3f}" if value < 100 else f"{value:,.1f}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
