@@ -655,11 +655,16 @@ def message_options(task: ScheduledTask, countdown: float = 0.0) -> dict[str, An
 
     ``expires`` counts from when the run is due, not from when it is sent, so a retry waiting
     longer than ``task.expires`` is not discarded before it could start. ``queue`` is None for
-    the default routing; the Celery task's retry makes it explicit.
+    the default routing; the Celery task's retry makes it explicit. A task without a priority
+    gets the project's ``task_default_priority``, as beat's messages do: an explicit None would
+    override it (and kombu's Redis transport reads a missing priority as its most urgent).
     """
+    from celery import current_app
+
+    priority = native_priority(task.priority)
     return {
         "queue": task.queue or None,
-        "priority": native_priority(task.priority),
+        "priority": current_app.conf.task_default_priority if priority is None else priority,
         "expires": countdown + task.expires if task.expires else None,
         "time_limit": task.time_limit,
     }

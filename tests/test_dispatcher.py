@@ -544,6 +544,21 @@ def test_run_now_goes_through_enqueue_with_defaults_left_to_celery() -> None:
     )
 
 
+def test_a_task_without_priority_gets_the_projects_default_priority(settings) -> None:
+    from celery import current_app
+
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "redis"}
+    task = make_scheduled_task("plain")
+    urgent = make_scheduled_task("urgent", priority=9)
+    saved = current_app.conf.task_default_priority
+    current_app.conf.task_default_priority = 5
+    try:
+        assert dispatcher.message_options(task)["priority"] == 5
+        assert dispatcher.message_options(urgent)["priority"] == 0  # Redis: 0 is most urgent
+    finally:
+        current_app.conf.task_default_priority = saved
+
+
 def test_a_retry_expires_counting_from_when_it_is_due() -> None:
     task = make_scheduled_task(expires=30)
     assert dispatcher.message_options(task, countdown=120)["expires"] == 150
