@@ -118,7 +118,9 @@ class Setup:
         return f"{self.concurrency}, {'persistent' if self.persistent_connections else 'per task'}"
 
 
-def measure(db_name: str, setup: Setup) -> dict[str, Tally]:
+def measure(db_name: str, setup: Setup) -> tuple[dict[str, Tally], list[int]]:
+    """Run ``setup``; return the tallies and the pool's RSS (KiB) after the warm-up and after
+    each round, to tell steady growth from a plateau."""
     suffix = f"c{setup.concurrency}{'p' if setup.persistent_connections else ''}"
     tasks = {
         DISPATCHER_TASK: _scheduled_task(f"bench-dispatch-{suffix}"),
@@ -139,6 +141,7 @@ def measure(db_name: str, setup: Setup) -> dict[str, Tally]:
     ) as worker:
         for name, pk in tasks.items():
             _run_block(worker, name, pk, setup.warm_up)
+        rss = [worker.pool_rss_kib()]
         for _ in range(setup.rounds):
             for name, pk in tasks.items():
                 seconds, growth = _run_block(worker, name, pk, per_block[name])
@@ -146,11 +149,12 @@ def measure(db_name: str, setup: Setup) -> dict[str, Tally]:
                 tally.runs += per_block[name]
                 tally.seconds += seconds
                 tally.rss_growth_kib += growth
+            rss.append(worker.pool_rss_kib())
         log = worker.log()
     for name, counts in parse_counts(log).items():
         tallies[name].statements = [count for count, _ in counts]
         tallies[name].sequences = Counter(kinds for _, kinds in counts)
-    return tallies
+    return tallies, rss
 
 
 def _statements(counts: list[int]) -> str:
@@ -168,8 +172,15 @@ def run(setups: list[Setup]) -> str:
     db_name = connection.settings_dict["NAME"]
     rows = []
     sequences: dict[str, Counter[str]] = {name: Counter() for name in LABELS}
+    memory = []
     for setup in setups:
-        tallies = measure(db_name, setup)
+        tallies, rss = measure(db_name, setup)
+        memory.append(
+            f"- worker {setup.label}: "
+            + ", ".join(f"{kib / 1024:.1f}" for kib in rss)
+            + f" ({setup.runs // setup.rounds:,} + {setup.baseline_runs // setup.rounds:,} runs"
+            " per round)"
+        )
         for name, tally in tallies.items():
             sequences[name].update(tally.sequences)
         baseline = tallies[BASELINE_TASK].per_second
@@ -205,6 +216,8 @@ def run(setups: list[Setup]) -> str:
         )
         + "\n\nStatements per successful attempt, as logged by the worker:\n\n"
         + "\n".join(notes)
+        + "\n\nPool RSS in MiB after the warm-up, then after each round:\n\n"
+        + "\n".join(memory)
     )
 
 
@@ -218,8 +231,8 @@ def main(smoke: bool) -> str:
             Setup(concurrency=2, runs=10_000, baseline_runs=2_000, rounds=5),
             Setup(
                 concurrency=1,
-                runs=2_000,
-                baseline_runs=2_000,
+                runs=1_000,
+                baseline_runs=1_000,
                 rounds=4,
                 persistent_connections=True,
             ),
