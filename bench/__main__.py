@@ -1,10 +1,11 @@
 """Run the benchmarks and print markdown tables.
 
-    python -m bench                      # full run (1,000 and 10,000 tasks; 2,000 runs; ...)
+    python -m bench                      # full run (1,000 and 10,000 tasks; 10,000 runs; ...)
     python -m bench --smoke              # small N, as CI runs it
     python -m bench --only beat_sync     # one benchmark
 
-Needs DATABASE_URL (PostgreSQL) and, for the dispatch benchmark, CELERY_BROKER_URL (Redis).
+Needs DATABASE_URL (PostgreSQL) and, for the dispatch and alert storm benchmarks,
+CELERY_BROKER_URL (Redis): they start their own Celery workers.
 """
 
 from __future__ import annotations
