@@ -106,6 +106,19 @@ def test_a_successful_attempt_costs_three_queries(
     assert outcome.run is not None and outcome.run.result == 3
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_success_after_a_success_costs_three_queries_with_alerts_connected(
+    django_assert_num_queries: Any,
+) -> None:
+    # Every receiver the app connects (alerts included) is live here: the common success, after
+    # a success, must not pay for the recovery check.
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1, "b": 2})
+    make_run(task, status=TaskRun.Status.SUCCEEDED)
+
+    with django_assert_num_queries(3):
+        run_task(task.pk, trigger="manual")
+
+
 @freeze_time("2026-03-01 12:07:30")
 def test_a_run_sent_by_beat_records_the_tick_it_belongs_to() -> None:
     task = make_scheduled_task("every-5", "tests.sample_tasks.noop", cron="*/5 * * * *")

@@ -35,10 +35,20 @@ def on_failed(sender: Any, run: TaskRun | None = None, **kwargs: Any) -> None:
     _notify(Event.FAILURE, run)
 
 
+# Final statuses after which a success may owe a recovery alert.
+_FAILED_FINAL = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
+
+
 def on_recovered(sender: Any, run: TaskRun | None = None, **kwargs: Any) -> None:
     # Connected to task_succeeded too: a recovery is owed whenever a success follows an
     # alerted final failure, whatever the dispatcher considers "recovered"; the stored
     # awaiting_recovery flag makes the second call a no-op.
+    task = kwargs.get("scheduled_task")
+    previous = getattr(task, "previous_final_status", _FAILED_FINAL[0])
+    if previous not in _FAILED_FINAL:
+        # The dispatcher loaded the status of the last final run with the task: when it was a
+        # success no failure alert can be waiting, and the common success costs no query here.
+        return
     _notify(Event.RECOVERY, run)
 
 
