@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench
+.PHONY: setup browser demo test lint bench
 
 setup: $(VENV)/.installed
+
+# Debian's chromium for the browser tests (only the test suite needs it).
+browser:
 	bash scripts/setup-browser.sh
 
 $(VENV)/.installed: pyproject.toml
@@ -17,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) demo/run.py
 
-test: setup
+test: setup browser
 	VENV=$(VENV) bash scripts/test.sh $(ARGS)
 
 lint: setup
