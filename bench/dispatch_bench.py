@@ -6,9 +6,9 @@ new queue, then the worker is told to consume it (``add_consumer``): the block r
 full queue and publishing never competes with it for the CPU. A new queue per block, because
 after ``cancel_consumer`` the worker's pending BRPOP on the old queue would take the next
 message published there and put it back marked "redelivered", which the dispatcher (rightly)
-treats as a possibly lost attempt, with an extra query. A block's
-time is taken from its own history rows (first start to last finish), so worker start-up,
-polling and publishing are not counted.
+treats as a possibly lost attempt, with an extra query. A block's time is taken from its own
+history rows (first start to last finish), so worker start-up, polling and publishing are not
+counted.
 """
 
 from __future__ import annotations
