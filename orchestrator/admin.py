@@ -35,6 +35,7 @@ from django.utils.safestring import SafeString
 from django.utils.timesince import timeuntil
 
 from orchestrator import beat_sync
+from orchestrator.humanize import format_duration
 from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun
 from orchestrator.policies.retry import BackoffKind
 
@@ -54,23 +55,6 @@ STATUS_COLOURS = {
 }
 
 
-def format_seconds(seconds: float) -> str:
-    """A duration in seconds as short words: "45 s", "2 min", "1 h 30 min", "2 d 3 h"."""
-    if seconds < 59.995:
-        return f"{round(seconds, 2):g} s"
-    total = round(seconds)
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [
-        f"{value} {unit}"
-        for value, unit in ((days, "d"), (hours, "h"), (minutes, "min"), (secs, "s"))
-        if value
-    ]
-    # Two units are enough to read a delay at a glance.
-    return " ".join(parts[:2])
-
-
 def status_badge(status: str | None) -> SafeString | str:
     """A run status as a coloured label, or the admin's empty marker."""
     if not status:
@@ -83,8 +67,8 @@ def status_badge(status: str | None) -> SafeString | str:
     return format_html('<span style="color: {}; font-weight: bold;">{}</span>', colour, label)
 
 
-def format_duration(duration: dt.timedelta | None) -> str:
-    return "-" if duration is None else format_seconds(duration.total_seconds())
+def format_timedelta(duration: dt.timedelta | None) -> str:
+    return format_duration(None if duration is None else duration.total_seconds())
 
 
 def admin_url(model: type[Any], view: str, *args: Any, query: str = "") -> str | None:
@@ -231,7 +215,7 @@ class RecentRunsInline(admin.TabularInline):
 
     @admin.display(description="duration")
     def duration_text(self, obj: TaskRun) -> str:
-        return format_duration(obj.duration)
+        return format_timedelta(obj.duration)
 
 
 class LastRunStatusFilter(admin.SimpleListFilter):
@@ -524,11 +508,11 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
             return "-"  # the form reports the invalid field
         if not delays:
             return "No retries: the first failure is final."
-        shown = " → ".join(format_seconds(d) for d in delays[:SHOWN_RETRY_DELAYS])
+        shown = " → ".join(format_duration(d) for d in delays[:SHOWN_RETRY_DELAYS])
         if len(delays) > SHOWN_RETRY_DELAYS:
             shown += (
                 f" → … {len(delays) - SHOWN_RETRY_DELAYS} more, "
-                f"the last after {format_seconds(delays[-1])}"
+                f"the last after {format_duration(delays[-1])}"
             )
         summary = f"{shown} ({len(delays)} retries, {policy.max_attempts} attempts at most)"
         if policy.jitter:
@@ -732,7 +716,7 @@ class TaskRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="duration", ordering="duration")
     def duration_text(self, obj: TaskRun) -> str:
-        return format_duration(obj.duration)
+        return format_timedelta(obj.duration)
 
     @admin.display(description="result")
     def result_display(self, obj: TaskRun) -> SafeString | str:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
+from orchestrator.humanize import format_duration
+
 # Outcome colours, readable on white and distinguishable for the common colour blindnesses
 # (green/red are paired with different lightness).
 STATUS_COLOURS: dict[str, str] = {
@@ -36,27 +38,9 @@ class RunPoint:
     label: str = ""  # status in words, for the tooltip
 
 
-def format_seconds(seconds: float | None) -> str:
-    """A duration for people: "850 ms", "12.3 s", "4 min 05 s", "2 h 10 min"."""
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes:02d} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours:02d} h"
-
-
 def _tooltip(point: RunPoint) -> str:
     when = point.started_at.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
-    return f"{point.label or point.status} · {when} · {format_seconds(point.duration)}"
+    return f"{point.label or point.status} · {when} · {format_duration(point.duration)}"
 
 
 def _bars(
@@ -120,7 +104,7 @@ def duration_chart(points: Sequence[RunPoint], *, width: int = 760, height: int 
         f'<line x1="{axis_left}" y1="{top + plot_height}" x2="{width - 8}" '
         f'y2="{top + plot_height}" stroke="#9e9e9e"/>',
         f'<text x="{axis_left - 6}" y="{top + 10}" text-anchor="end" font-size="11" '
-        f'fill="#424242">{escape(format_seconds(longest))}</text>',
+        f'fill="#424242">{escape(format_duration(longest))}</text>',
         f'<text x="{axis_left - 6}" y="{top + plot_height}" text-anchor="end" font-size="11" '
         f'fill="#424242">0</text>',
     ]

@@ -297,21 +297,6 @@ def test_long_retry_schedules_are_summarised():
     assert text.endswith("with jitter each wait falls between half of it and all of it")
 
 
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [
-        (0, "0 s"),
-        (1.5, "1.5 s"),
-        (59, "59 s"),
-        (60, "1 min"),
-        (5400, "1 h 30 min"),
-        (93784, "1 d 2 h"),
-    ],
-)
-def test_format_seconds(seconds, text):
-    assert orchestrator_admin.format_seconds(seconds) == text
-
-
 def test_recent_runs_inline_shows_the_latest_ten_and_links_to_the_history(admin_client):
     task = make_scheduled_task("report")
     other = make_scheduled_task("other")

@@ -29,6 +29,7 @@ from orchestrator import charts
 from orchestrator.dashboard import stats
 from orchestrator.dashboard.display import mask_channel_target
 from orchestrator.dispatcher import truncate
+from orchestrator.humanize import format_duration
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskRun
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     page.object_list = list(page.object_list)
     for run in page.object_list:
-        run.duration_display = charts.format_seconds(
+        run.duration_display = format_duration(
             run.duration.total_seconds() if run.duration is not None else None
         )
     try:
@@ -159,7 +160,7 @@ def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "kwargs_json": truncate(json.dumps(task.kwargs, sort_keys=True), KWARGS_SHOWN),
         "policy": policy,
         "policy_error": policy_error,
-        "retry_delays": [charts.format_seconds(d) for d in delays[:RETRY_DELAYS_SHOWN]],
+        "retry_delays": [format_duration(d) for d in delays[:RETRY_DELAYS_SHOWN]],
         "more_retries": max(len(delays) - RETRY_DELAYS_SHOWN, 0),
         "channels": [
             {"channel": channel, "target": mask_channel_target(channel)} for channel in channels

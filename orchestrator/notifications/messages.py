@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from orchestrator.humanize import format_duration
 from orchestrator.notifications.events import TEST_EVENT, Alert, Report, truncate
 
 EVENT_WORDS = {
@@ -26,20 +27,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 def one_line(text: str) -> str:
     """``text`` with control characters and newlines replaced by single spaces."""
     return " ".join(_CONTROL.sub(" ", text or "").split())
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    if seconds < 1:
-        return f"{round(seconds * 1000)} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def format_time(value: dt.datetime | None) -> str:
@@ -89,7 +76,7 @@ def fields(alert: Alert) -> list[tuple[str, str]]:
         ("Task", one_line(alert.task_name)),
         ("Definition", one_line(alert.definition) or "unknown"),
         ("Attempt", f"{alert.attempt} of {alert.max_attempts}"),
-        ("Duration", format_duration(alert.duration)),
+        ("Duration", format_duration(alert.duration, missing="unknown")),
         ("Queue", one_line(alert.queue) or "default"),
     ]
     if alert.started_at is not None:

@@ -51,21 +51,6 @@ def test_an_alert_from_a_run_carries_no_kwargs_and_a_truncated_error():
     assert alert_from_run("failure", run).next_retry_at is None
 
 
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [
-        (None, "unknown"),
-        (0.0123, "12 ms"),
-        (5.04, "5.0 s"),
-        (65, "1 min 05 s"),
-        (3599.6, "1 h 00 min"),
-        (7322, "2 h 02 min"),
-    ],
-)
-def test_durations(seconds, text):
-    assert messages.format_duration(seconds) == text
-
-
 def test_one_line_removes_every_line_break():
     assert messages.one_line("a\r\nb\x00c\u2028d\te  f") == "a b c d e f"
 
