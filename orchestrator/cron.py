@@ -9,6 +9,7 @@ cron's "either").
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -115,17 +116,16 @@ def describe(expression: str) -> str:
         return expression
 
 
-def next_run(expression: str, timezone: str, after: dt.datetime) -> dt.datetime | None:
-    """The first time strictly after ``after`` at which the expression fires, in ``timezone``.
-
-    Returns an aware datetime, or None when the expression never fires (such as Feb 30).
-    """
+def _fire_times(
+    expression: str, timezone: str, start: dt.datetime, forward: bool
+) -> Iterator[dt.datetime]:
+    """The times the expression fires, from the day of ``start`` onwards (or backwards)."""
     minutes, hours, days, months, weekdays = _expanded(str(validate(expression)))
     zone = load_zone(timezone)
-    local = after.astimezone(zone).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-    day = local.date()
-    sorted_hours = sorted(hours)
-    sorted_minutes = sorted(minutes)
+    day = start.astimezone(zone).date()
+    step = dt.timedelta(days=1 if forward else -1)
+    sorted_hours = sorted(hours, reverse=not forward)
+    sorted_minutes = sorted(minutes, reverse=not forward)
     for _ in range(_SEARCH_DAYS):
         # Celery numbers weekdays from Sunday = 0; Python's isoweekday gives Sunday = 7.
         if day.month in months and day.day in days and day.isoweekday() % 7 in weekdays:
@@ -134,28 +134,20 @@ def next_run(expression: str, timezone: str, after: dt.datetime) -> dt.datetime 
                     candidate = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=zone)
                     # A wall time that does not exist (spring forward) or repeats (fall back) is
                     # normalised through UTC, as beat does.
-                    candidate = candidate.astimezone(dt.UTC).astimezone(zone)
-                    if candidate >= local:
-                        return candidate
-        day += dt.timedelta(days=1)
-    return None
+                    yield candidate.astimezone(dt.UTC).astimezone(zone)
+        day += step
+
+
+def next_run(expression: str, timezone: str, after: dt.datetime) -> dt.datetime | None:
+    """The first time strictly after ``after`` at which the expression fires, in ``timezone``.
+
+    Returns an aware datetime, or None when the expression never fires (such as Feb 30).
+    """
+    first = after.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    return next((t for t in _fire_times(expression, timezone, first, True) if t >= first), None)
 
 
 def previous_run(expression: str, timezone: str, at: dt.datetime) -> dt.datetime | None:
     """The last time at or before ``at`` at which the expression fires (the current tick)."""
-    minutes, hours, days, months, weekdays = _expanded(str(validate(expression)))
-    zone = load_zone(timezone)
-    local = at.astimezone(zone).replace(second=0, microsecond=0)
-    day = local.date()
-    sorted_hours = sorted(hours, reverse=True)
-    sorted_minutes = sorted(minutes, reverse=True)
-    for _ in range(_SEARCH_DAYS):
-        if day.month in months and day.day in days and day.isoweekday() % 7 in weekdays:
-            for hour in sorted_hours:
-                for minute in sorted_minutes:
-                    candidate = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=zone)
-                    candidate = candidate.astimezone(dt.UTC).astimezone(zone)
-                    if candidate <= local:
-                        return candidate
-        day -= dt.timedelta(days=1)
-    return None
+    last = at.replace(second=0, microsecond=0)
+    return next((t for t in _fire_times(expression, timezone, last, False) if t <= last), None)
