@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bench.env import table
-from bench.processes import Worker, purge, wait_until
+from bench.processes import Worker
+from tests.support.processes import purge_queues, wait_until
 
 if TYPE_CHECKING:
     from tests.support.fake_slack import FakeSlack
@@ -137,7 +138,7 @@ def run(failures: int, window: float, cooldowns: list[int]) -> str:
 
     fake_slack = FakeSlack()
     results = []
-    purge([RUN_QUEUE, NOTIFICATION_QUEUE])
+    purge_queues([RUN_QUEUE, NOTIFICATION_QUEUE])
     try:
         with Worker(
             queues=[RUN_QUEUE, NOTIFICATION_QUEUE],

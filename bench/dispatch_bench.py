@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from bench.baseline_tasks import BASELINE_TASK, DISPATCHER_TASK, parse_counts
 from bench.env import table
-from bench.processes import Worker, purge, wait_until
+from bench.processes import Worker
+from tests.support.processes import purge_queues, wait_until
 
 IDLE_QUEUE = "bench-idle"
 WARM_UP = 50  # runs of each kind before measuring: imports, first connections, caches
@@ -131,7 +132,7 @@ def measure(db_name: str, setup: Setup) -> tuple[dict[str, Tally], list[int]]:
         BASELINE_TASK: setup.baseline_runs // setup.rounds,
     }
     tallies = {name: Tally() for name in tasks}
-    purge([IDLE_QUEUE])
+    purge_queues([IDLE_QUEUE])
     with Worker(
         queues=[IDLE_QUEUE],
         concurrency=setup.concurrency,

@@ -7,13 +7,8 @@ is set (as in CI), where they fail.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,8 +18,14 @@ from django.conf import settings
 from django.db import connection
 
 from tests.conftest import ARTIFACTS, services_required
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.processes import (  # noqa: F401  (wait_until, ROOT: for the test modules)
+    ROOT,
+    CeleryProcess,
+    purge_queues,
+    subprocess_env,
+    wait_until,
+    worker_args,
+)
 
 
 def _unavailable(reason: str) -> None:
@@ -61,64 +62,6 @@ def real_database(django_db_setup, django_db_blocker) -> str:
     return connection.settings_dict["NAME"]
 
 
-def subprocess_env(db_name: str, broker: str, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "ORCHESTRATOR_DB_NAME": db_name,
-            "CELERY_BROKER_URL": broker,
-            "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update(extra)
-    return env
-
-
-class CeleryProcess:
-    """A worker or beat subprocess whose output goes to a log file under test-artifacts/."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115  (closed in stop())
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.celery_app", *args],
-            env=env,
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            if self.process.poll() is not None:
-                raise RuntimeError(f"process exited early:\n{self.log()[-4000:]}")
-            time.sleep(0.1)
-        raise TimeoutError(f"{text!r} not seen in {timeout}s:\n{self.log()[-4000:]}")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, sig)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.kill(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill(signal.SIGKILL)
-                self.process.wait(timeout=5)
-        self._log.close()
-
-
 def log_path_for(request: pytest.FixtureRequest, kind: str, index: int) -> Path:
     """A log file named after the test and this pytest process.
 
@@ -129,15 +72,6 @@ def log_path_for(request: pytest.FixtureRequest, kind: str, index: int) -> Path:
     folder = ARTIFACTS / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{name}-{kind}{index}-{os.getpid()}.log"
-
-
-def purge_queues(queues: list[str]) -> None:
-    from tests.celery_app import app
-
-    with app.connection_for_write() as conn:
-        for queue in queues:
-            with contextlib.suppress(Exception):
-                conn.default_channel.queue_purge(queue)
 
 
 @pytest.fixture
@@ -167,18 +101,7 @@ def start_worker(
         name = f"w{uuid.uuid4().hex[:8]}@%h"
         log_path = log_path_for(request, "worker", len(started))
         worker = CeleryProcess(
-            [
-                "worker",
-                f"--loglevel={loglevel}",
-                f"--hostname={name}",
-                f"--queues={','.join(queues)}",
-                f"--concurrency={concurrency}",
-                "--pool=prefork",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                *([f"--include={','.join(include)}"] if include else []),
-            ],
+            worker_args(name, queues, concurrency, loglevel, include),
             subprocess_env(real_database, broker_url, **env),
             log_path,
         )
@@ -217,15 +140,3 @@ def start_beat(
     yield start
     for beat in started:
         beat.stop()
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.2):
-    """Poll ``predicate`` until it returns something truthy; return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        time.sleep(interval)
