@@ -206,7 +206,7 @@ class SlackChannel(Channel):
                 raise ValidationError(
                     {
                         "target": "Enter the full incoming-webhook URL Slack gave you, such as "
-                        "https://hooks.slack.com/services/T000/B000/XXXX."
+                        "https://hooks.slack.com/services/T0000/B0000/abcd1234."
                     }
                 )
             return
