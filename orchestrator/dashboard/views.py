@@ -206,7 +206,8 @@ def _set_enabled(request: HttpRequest, pk: int, enabled: bool) -> HttpResponseRe
             # A normal save: beat_sync's post_save receiver updates beat's PeriodicTask in the
             # same transaction, so the flag and beat change together or not at all.
             with transaction.atomic():
-                task.save()
+                # Only these fields: a full save would overwrite an admin edit made meanwhile.
+                task.save(update_fields=["enabled", "updated_at"])
         except Exception as err:
             logger.exception("Setting enabled=%s on scheduled task %s failed", enabled, task.pk)
             messages.error(
