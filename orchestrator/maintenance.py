@@ -51,6 +51,9 @@ RESEND_GRACE = dt.timedelta(minutes=5)
 # A pending alert is re-queued this long after it was queued (a delivery retries for a minute at
 # most), and given up this long after it was re-queued.
 STALE_DELIVERY_AFTER = dt.timedelta(minutes=5)
+# An alert still "sending" this long after it was queued had its worker stop mid-send: a send
+# itself takes a minute or so at most (ORCHESTRATOR["NOTIFICATION_RETRY"]).
+ABANDONED_SEND_AFTER = dt.timedelta(hours=1)
 REQUEUED_PREFIX = "Re-queued at "
 # Rows handled per part in one pass: a backlog is worked off over the next passes.
 BATCH_SIZE = 500
@@ -313,6 +316,16 @@ def requeue_stale_deliveries(
     """
     report = report if report is not None else MaintenanceReport()
     at = now()
+    abandoned = NotificationDelivery.objects.filter(
+        status=NotificationDelivery.Status.SENDING, created_at__lte=at - ABANDONED_SEND_AFTER
+    ).update(
+        status=NotificationDelivery.Status.FAILED,
+        finished_at=at,
+        error="Not known to be delivered: the worker sending it stopped before it finished.",
+    )
+    if abandoned:
+        logger.error("%s notification deliveries were abandoned mid-send", abandoned)
+        report.deliveries_failed += abandoned
     stale = (
         NotificationDelivery.objects.filter(
             status=NotificationDelivery.Status.PENDING, created_at__lte=at - STALE_DELIVERY_AFTER

@@ -438,6 +438,30 @@ def test_an_alert_pending_five_minutes_is_queued_again_once(
     assert delivery.error.startswith(f"{REQUEUED_PREFIX}{NOW.isoformat()}: ")
 
 
+def test_an_alert_abandoned_mid_send_is_marked_failed_after_an_hour(queued) -> None:
+    abandoned = pending_delivery(minutes_ago=61)
+    recent = NotificationDelivery.objects.create(
+        channel=abandoned.channel,
+        scheduled_task=abandoned.scheduled_task,
+        task_run=abandoned.task_run,
+        event=Event.FAILURE,
+        status=NotificationDelivery.Status.PENDING,
+        created_at=NOW - dt.timedelta(minutes=59),
+    )
+    NotificationDelivery.objects.filter(pk__in=[abandoned.pk, recent.pk]).update(
+        status=NotificationDelivery.Status.SENDING
+    )
+
+    assert requeue_stale_deliveries(now=at()).deliveries_failed == 1
+
+    abandoned.refresh_from_db()
+    recent.refresh_from_db()
+    assert abandoned.status == NotificationDelivery.Status.FAILED
+    assert "stopped before it finished" in abandoned.error
+    assert recent.status == NotificationDelivery.Status.SENDING
+    queued.assert_not_called()
+
+
 def test_a_younger_pending_alert_is_left_to_its_own_message(queued) -> None:
     pending_delivery(minutes_ago=4.9)
     assert requeue_stale_deliveries(now=at()).deliveries_requeued == 0

@@ -329,6 +329,14 @@ def deliver(
         return "missing"
     if delivery.status != NotificationDelivery.Status.PENDING:
         return str(delivery.status)
+    # Claim it: a second message for the same delivery (maintenance re-queued it while this one
+    # waited in the broker, or the broker delivered it twice) finds it taken and sends nothing.
+    claimed = NotificationDelivery.objects.filter(
+        pk=delivery_id, status=NotificationDelivery.Status.PENDING
+    ).update(status=NotificationDelivery.Status.SENDING)
+    if not claimed:
+        delivery.refresh_from_db(fields=["status"])
+        return str(delivery.status)
     row = delivery.channel
     if not row.enabled:
         return _finish(delivery, 0, "Channel disabled before the alert was sent")

@@ -294,6 +294,22 @@ def test_a_retry_after_beyond_the_time_budget_gives_up_at_once(task, fake_slack)
     assert "rate limited" in delivery.error
 
 
+def test_a_second_message_arriving_mid_send_finds_the_delivery_taken(task, monkeypatch):
+    delivery = pending(make_channel(), task)
+    inner: list[str] = []
+    real_send = service.send_with_retries
+
+    def send_and_race(*args, **kwargs):
+        # The maintenance pass re-queued it, and that copy reaches another worker now.
+        inner.append(service.deliver(delivery.pk, failure_alert().to_dict()))
+        return real_send(*args, **kwargs)
+
+    monkeypatch.setattr(service, "send_with_retries", send_and_race)
+    assert service.deliver(delivery.pk, failure_alert().to_dict()) == "sent"
+    assert inner == ["sending"]
+    assert len(mail.outbox) == 1
+
+
 def test_a_redelivered_message_is_not_sent_twice(task):
     delivery = pending(make_channel(), task)
     service.deliver(delivery.pk, failure_alert().to_dict())
