@@ -646,11 +646,16 @@ def _take_over_redelivered(
 def mark_retry_sent(run: TaskRun, now: Callable[[], dt.datetime] = timezone.now) -> None:
     """Record that the retry following ``run`` was handed to the broker.
 
-    A failure to write it is logged, never raised: the retry is on its way either way, and
-    raising here would fail an attempt whose outcome is already recorded.
+    A dropped connection is tried again (:func:`with_reconnect`): an unrecorded send makes the
+    maintenance pass send the retry a second time. A failure to write it in the end is logged,
+    never raised: the retry is on its way either way, and raising here would fail an attempt
+    whose outcome is already recorded.
     """
     try:
-        TaskRun.objects.filter(pk=run.pk).update(retry_sent_at=now())
+        with_reconnect(
+            lambda: TaskRun.objects.filter(pk=run.pk).update(retry_sent_at=now()),
+            what=f"recording the retry of run {run.pk} as sent",
+        )
     except DatabaseError:
         logger.exception("Could not record the retry of run %s as sent", run.pk)
 

@@ -800,3 +800,26 @@ def test_inside_a_callers_transaction_a_dropped_connection_is_not_retried(
         run_task(task.pk)
 
     assert (calls, sleeps) == ([1], [])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recording_a_sent_retry_survives_a_dropped_connection(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    task = make_scheduled_task("retrying")
+    run = make_run(task, status=TaskRun.Status.RETRIED)
+    real_update = type(TaskRun.objects.all()).update
+    calls: list[int] = []
+
+    def update(self: Any, **kwargs: Any) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise dispatcher.OperationalError("terminating connection due to administrator command")
+        return real_update(self, **kwargs)
+
+    monkeypatch.setattr(type(TaskRun.objects.all()), "update", update)
+    dispatcher.mark_retry_sent(run, now=lambda: NOW)
+
+    run.refresh_from_db()
+    assert run.retry_sent_at == NOW  # an unrecorded send would make maintenance send it again
+    assert sleeps == [0.5]
