@@ -441,6 +441,7 @@ def run_task(
         "worker": worker[:255],
         "queue": (queue or task.queue)[:200],
         "priority": task.priority,
+        "time_limit": task.time_limit,
         "scheduled_for": scheduled_for,
     }
 

@@ -205,7 +205,9 @@ def send_due_retries(
 def _stuck_reason(run: TaskRun, at: dt.datetime) -> str | None:
     """Why ``run``, still ``running`` at ``at``, is stuck; None if it may still be running."""
     elapsed = at - run.started_at
-    limit = run.scheduled_task.time_limit
+    # The limit in force when the attempt started: lowering it later must not call a run that
+    # is within its own limit stuck.
+    limit = run.time_limit
     if limit:
         if elapsed <= dt.timedelta(seconds=limit) + STUCK_GRACE:
             return None
@@ -234,7 +236,7 @@ def mark_stuck_runs(
     """
     report = report if report is not None else MaintenanceReport()
     at = now()
-    candidates = Q(scheduled_task__time_limit__isnull=False)
+    candidates = Q(time_limit__isnull=False)
     timeout = conf.STUCK_RUN_TIMEOUT
     if timeout is not None:
         candidates |= Q(started_at__lt=at - dt.timedelta(seconds=timeout))

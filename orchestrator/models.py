@@ -304,6 +304,12 @@ class TaskRun(models.Model):
     worker = models.CharField(max_length=255, blank=True)
     queue = models.CharField(max_length=200, blank=True)
     priority = models.PositiveSmallIntegerField(null=True, blank=True)
+    time_limit = models.PositiveIntegerField(
+        "time limit (s)",
+        null=True,
+        blank=True,
+        help_text="The task's time limit when this attempt started; stuck runs are judged by it.",
+    )
     next_retry_at = models.DateTimeField(null=True, blank=True)
     retry_sent_at = models.DateTimeField(
         null=True,

@@ -299,6 +299,8 @@ def failed_signals():
 
 
 def running_since(task: ScheduledTask, seconds: float, **fields: Any) -> TaskRun:
+    """A run still ``running``, started ``seconds`` ago under the task's current time limit."""
+    fields.setdefault("time_limit", task.time_limit)
     return make_run(
         task,
         status=TaskRun.Status.RUNNING,
@@ -325,6 +327,26 @@ def test_a_run_past_its_time_limit_and_a_minute_is_marked_lost_and_alerted(
     assert [r.pk for r in failed_signals] == [stuck.pk]
     assert failed_signals[0].status == TaskRun.Status.LOST
     assert report.runs_lost == 1
+
+
+def test_a_time_limit_lowered_mid_run_does_not_make_the_run_stuck(failed_signals) -> None:
+    task = make_scheduled_task("limited", time_limit=600)
+    run = running_since(task, 300)  # started under the 600 s limit
+    task.time_limit = 20
+    task.save()
+
+    assert mark_stuck_runs(now=at()).runs_lost == 0
+    run.refresh_from_db()
+    assert run.status == TaskRun.Status.RUNNING
+    assert failed_signals == []
+
+
+def test_a_run_records_the_time_limit_in_force_when_it_started() -> None:
+    from orchestrator.dispatcher import run_task
+
+    task = make_scheduled_task("limited", time_limit=45)
+    outcome = run_task(task.pk, trigger="manual")
+    assert outcome.run is not None and outcome.run.time_limit == 45
 
 
 def test_without_a_time_limit_the_stuck_run_timeout_applies(settings, failed_signals) -> None:

@@ -54,6 +54,7 @@ def test_a_long_retry_waits_in_the_database_until_the_maintenance_task_sends_it(
         limited,
         status=TaskRun.Status.RUNNING,
         started_at=timezone.now() - dt.timedelta(minutes=5),
+        time_limit=limited.time_limit,
     )
     assert beat_sync().created == 1  # the maintenance entry; the tasks synced when saved
     worker = start_worker(ORCHESTRATOR_MAX_BROKER_COUNTDOWN="2")
