@@ -668,34 +668,21 @@ class TaskRunAdmin(admin.ModelAdmin):
                     "finished_at",
                     "duration_text",
                     "next_retry_at",
+                    "retry_sent_at",
                 ]
             },
         ),
-        ("Worker", {"fields": ["celery_task_id", "worker", "queue", "priority"]}),
+        (
+            "Worker",
+            {"fields": ["celery_task_id", "worker", "queue", "priority", "time_limit"]},
+        ),
         (
             "Outcome",
             {"fields": ["result_display", "error_type", "error_display", "traceback_display"]},
         ),
     ]
-    readonly_fields = [
-        "scheduled_task",
-        "status_label",
-        "attempt_of",
-        "trigger",
-        "scheduled_for",
-        "started_at",
-        "finished_at",
-        "duration_text",
-        "next_retry_at",
-        "celery_task_id",
-        "worker",
-        "queue",
-        "priority",
-        "result_display",
-        "error_type",
-        "error_display",
-        "traceback_display",
-    ]
+    # The history is read-only: every field shown is.
+    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -1,5 +1,6 @@
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,3 +24,30 @@ def scratch_dir(tmp_path: Path) -> Path:
     machine can use it like the test does.
     """
     return tmp_path
+
+
+@pytest.fixture
+def superuser(db: None) -> Any:
+    from django.contrib.auth.models import User
+
+    return User.objects.create_superuser("root", password="pw")
+
+
+@pytest.fixture
+def admin_web(superuser: Any) -> Any:
+    """A Django test client logged in as a superuser."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(superuser)
+    return client
+
+
+@pytest.fixture
+def api(superuser: Any) -> Any:
+    """A DRF test client authenticated as a superuser."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(superuser)
+    return client

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.test import Client
@@ -48,24 +47,6 @@ HYPOTHESIS = settings(
 def redis_transport(settings):
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "redis"}
 
-
-@pytest.fixture
-def superuser() -> User:
-    return User.objects.create_superuser("root", password="pw")
-
-
-@pytest.fixture
-def admin_web(superuser: User) -> Client:
-    client = Client()
-    client.force_login(superuser)
-    return client
-
-
-@pytest.fixture
-def api(superuser: User) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(superuser)
-    return client
 
 
 # --- the table ----------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.test import Client
 from django.urls import reverse
@@ -42,24 +41,6 @@ ALLOWED = ("tests.sample_tasks", "orchestrator.builtin_tasks")
 KWARGS_SECRET = "kw-s3cr3t-4f1c9e"
 WEBHOOK_SECRET = "s3cr3tW3bh00kT0k3n"  # the last part of tests.support.fake_slack.WEBHOOK_PATH
 
-
-@pytest.fixture
-def superuser() -> User:
-    return User.objects.create_superuser("root", password="pw")
-
-
-@pytest.fixture
-def admin_web(superuser: User) -> Client:
-    client = Client()
-    client.force_login(superuser)
-    return client
-
-
-@pytest.fixture
-def api(superuser: User) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(superuser)
-    return client
 
 
 # --- the allow-list ------------------------------------------------------------------------------
