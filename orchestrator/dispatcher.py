@@ -70,9 +70,6 @@ FINAL_RUNS = Q(status__in=(TaskRun.Status.SUCCEEDED, TaskRun.Status.FAILED)) | (
 FAILED_FINAL_STATUSES = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
 
 _TRUNCATION_MARK = "… [{count} characters cut]"
-# How far behind beat's clock a worker's may be when it places a beat message in its tick. A
-# message that waits in the broker until this close to the next tick counts as the next one.
-TICK_CLOCK_SKEW = dt.timedelta(seconds=10)
 
 # The history is written again after a dropped connection (the server restarted, an operator
 # or a pooler terminated the backend): 5 tries, 0.5 s to 4 s apart, about 7.5 s in all. Enough
@@ -422,9 +419,9 @@ def run_task(
             scheduled_for = next((r.scheduled_for for r in earlier if r.scheduled_for), None)
 
     if scheduled_for is None and from_beat and attempt == 1:
-        # Beat sends at the tick by its own clock; a worker whose clock is a little behind would
-        # otherwise place the run in the previous tick, already taken, and drop it.
-        scheduled_for = current_tick(task, now() + TICK_CLOCK_SKEW)
+        # By the worker's clock: beat sends at or after the tick by its own, so the two clocks
+        # must agree (NTP); a worker running behind beat would place the run in the tick before.
+        scheduled_for = current_tick(task, now())
 
     definition = task.task_definition
     try:
