@@ -1,4 +1,5 @@
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,34 @@ def api(superuser: Any) -> Any:
     client = APIClient()
     client.force_authenticate(superuser)
     return client
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[Any]:
+    """The Slack look-alike HTTP server on localhost (tests/support/fake_slack.py)."""
+    from tests.support.fake_slack import FakeSlack
+
+    server = FakeSlack()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[Any]:
+    """A real SMTP server on localhost (aiosmtpd), recording what it receives."""
+    from tests.support.smtp import SMTPServer
+
+    server = SMTPServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def slack_settings(settings: Any, fake_slack: Any) -> Any:
+    """ORCHESTRATOR settings pointing the bot at the fake Slack."""
+    settings.ORCHESTRATOR = {
+        **settings.ORCHESTRATOR,
+        "SLACK_API_URL": fake_slack.api_url,
+        "SLACK_BOT_TOKEN": fake_slack.token,
+    }
+    return fake_slack

@@ -155,23 +155,6 @@ def test_a_scheduled_task_cannot_point_at_a_definition_edited_to_an_escape(api: 
 # --- secrets -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    server = FakeSlack()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def wired(settings, fake_slack: FakeSlack) -> FakeSlack:
-    settings.ORCHESTRATOR = {
-        **settings.ORCHESTRATOR,
-        "SLACK_API_URL": fake_slack.api_url,
-        "SLACK_BOT_TOKEN": fake_slack.token,
-    }
-    return fake_slack
-
-
 def secrets_of(fake_slack: FakeSlack) -> list[str]:
     return [WEBHOOK_SECRET, fake_slack.webhook_url(), fake_slack.token, KWARGS_SECRET]
 
@@ -193,13 +176,13 @@ def everything_at_debug(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.Log
 
 
 def test_a_failing_run_with_every_channel_leaks_no_secret(
-    wired: FakeSlack,
+    slack_settings: FakeSlack,
     everything_at_debug: pytest.LogCaptureFixture,
     admin_web: Client,
     api: APIClient,
     mailoutbox: list,
 ) -> None:
-    webhook = make_channel("webhook", kind="slack", target=wired.webhook_url())
+    webhook = make_channel("webhook", kind="slack", target=slack_settings.webhook_url())
     bot = make_channel("bot", kind="slack", target="#ops")
     mail = make_channel("mail", kind="email", target="oncall@example.com")
     # add() fails with a TypeError whose text does not quote the value, as a careful task's would.
@@ -207,7 +190,7 @@ def test_a_failing_run_with_every_channel_leaks_no_secret(
         "billing", "tests.sample_tasks.add", kwargs={"a": KWARGS_SECRET, "b": 1}, max_retries=1
     )
     task.notification_channels.set([webhook, bot, mail])
-    wired.script(WEBHOOK_PATH, Reply(500, "oops"))  # one retry of the webhook, logged
+    slack_settings.script(WEBHOOK_PATH, Reply(500, "oops"))  # one retry of the webhook, logged
 
     for attempt in (1, 2):  # a retry, then the final failure
         run = dispatcher.run_task(task.pk, attempt=attempt).run
@@ -224,13 +207,14 @@ def test_a_failing_run_with_every_channel_leaks_no_secret(
         ("mail", "sent"),
     }
     assert any("Sending a request" in r.getMessage() for r in everything_at_debug.records)
-    assert_no_secret(everything_at_debug.text, wired, "the logs")
-    for request in wired.received():
-        assert_no_secret(request.body.decode(), wired, f"the Slack message to {request.path}")
+    assert_no_secret(everything_at_debug.text, slack_settings, "the logs")
+    for request in slack_settings.received():
+        where = f"the Slack message to {request.path}"
+        assert_no_secret(request.body.decode(), slack_settings, where)
     for email in mailoutbox:
-        assert_no_secret(str(email.message()), wired, "an alert email")
+        assert_no_secret(str(email.message()), slack_settings, "an alert email")
     for d in deliveries:
-        assert_no_secret(d.error, wired, "a delivery's error")
+        assert_no_secret(d.error, slack_settings, "a delivery's error")
 
     pages = {
         "task list": admin_web.get(reverse("admin:orchestrator_scheduledtask_changelist")),
@@ -249,7 +233,7 @@ def test_a_failing_run_with_every_channel_leaks_no_secret(
     }
     for name, page in pages.items():
         assert page.status_code == 200, name
-        assert_no_secret(page.content.decode(), wired, name)
+        assert_no_secret(page.content.decode(), slack_settings, name)
 
 
 def test_a_stored_error_quoting_the_webhook_never_reaches_a_page(
@@ -294,7 +278,7 @@ def test_a_stored_error_quoting_the_webhook_never_reaches_a_page(
     ],
 )
 def test_the_send_test_action_reports_errors_without_the_secret(
-    wired: FakeSlack,
+    slack_settings: FakeSlack,
     everything_at_debug: pytest.LogCaptureFixture,
     admin_web: Client,
     target: str,
@@ -302,14 +286,14 @@ def test_the_send_test_action_reports_errors_without_the_secret(
     path: str | None,
 ) -> None:
     if target == "webhook":
-        value = wired.webhook_url()
+        value = slack_settings.webhook_url()
     elif target == "bot":
         value = "#ops"
     else:
         value = "http://127.0.0.1:9" + WEBHOOK_PATH  # the discard port: connection refused
     channel = make_channel("c", kind="slack", target=value)
     if reply is not None and path is not None:
-        wired.script(path, reply)
+        slack_settings.script(path, reply)
     response = admin_web.post(
         reverse("admin:orchestrator_notificationchannel_changelist"),
         {"action": "send_test_notification", "_selected_action": [channel.pk]},
@@ -324,7 +308,7 @@ def test_the_send_test_action_reports_errors_without_the_secret(
         (response.content.decode(), "the page"),
         (everything_at_debug.text, "the logs"),
     ):
-        assert_no_secret(text, wired, where)
+        assert_no_secret(text, slack_settings, where)
 
 
 def test_kwargs_never_reach_list_pages_searches_or_alerts(admin_web: Client, api: APIClient):
