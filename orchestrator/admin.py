@@ -1,8 +1,8 @@
 """Django admin for definitions, scheduled tasks and their run history.
 
 The admin is a thin edge: validation comes from the models' ``clean()`` and field validators,
-beat is kept in step by ``orchestrator.beat_sync`` (on save through the model signals, after bulk
-changes by calling ``beat_sync()`` here), and runs are sent by ``ScheduledTask.run_now()``.
+beat is kept in step by ``orchestrator.beat_sync`` (on save through the model signals), and the
+actions (run now, enable, disable) call ``orchestrator.operations`` like every other edge.
 
 Keyword arguments may hold secrets, so they appear only on the change form (staff only), never in
 a list, a search or a filter.
@@ -23,7 +23,6 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import widgets as admin_widgets
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.forms.fields import InvalidJSONInput
 from django.forms.models import BaseInlineFormSet
@@ -34,8 +33,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.timesince import timeuntil
 
-from orchestrator import beat_sync
-from orchestrator.humanize import format_duration
+from orchestrator import beat_sync, operations
+from orchestrator.humanize import format_duration, retry_schedule
 from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun
 from orchestrator.policies.retry import BackoffKind
 
@@ -502,22 +501,9 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
     @admin.display(description="retry delays")
     def retry_schedule(self, obj: ScheduledTask) -> str:
         try:
-            policy = obj.retry_policy()
-            delays = policy.schedule()
+            return retry_schedule(obj.retry_policy(), SHOWN_RETRY_DELAYS).summary
         except (TypeError, ValueError):
             return "-"  # the form reports the invalid field
-        if not delays:
-            return "No retries: the first failure is final."
-        shown = " → ".join(format_duration(d) for d in delays[:SHOWN_RETRY_DELAYS])
-        if len(delays) > SHOWN_RETRY_DELAYS:
-            shown += (
-                f" → … {len(delays) - SHOWN_RETRY_DELAYS} more, "
-                f"the last after {format_duration(delays[-1])}"
-            )
-        summary = f"{shown} ({len(delays)} retries, {policy.max_attempts} attempts at most)"
-        if policy.jitter:
-            summary += "; with jitter each wait falls between half of it and all of it"
-        return summary
 
     # --- actions ---
 
@@ -578,18 +564,9 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
     def _set_enabled(
         self, request: HttpRequest, queryset: QuerySet[ScheduledTask], *, enabled: bool
     ) -> None:
-        # The primary keys are read first: the action's queryset may be filtered on `enabled`
-        # (the list filter), and would match nothing once the update has run.
-        pks = list(queryset.values_list("pk", flat=True))
-        selected = ScheduledTask.objects.filter(pk__in=pks)
         verb = "Enabled" if enabled else "Disabled"
         try:
-            # The flag and beat change together, or not at all.
-            with transaction.atomic():
-                changed = selected.exclude(enabled=enabled).update(
-                    enabled=enabled, updated_at=timezone.now()
-                )
-                report = beat_sync.beat_sync(selected)
+            result = operations.set_enabled(queryset, enabled)
         except Exception as err:
             logger.exception("%s action failed", verb)
             self.message_user(
@@ -598,13 +575,14 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
                 messages.ERROR,
             )
             return
+        changed = result.changed
         self.message_user(
             request,
             f"{verb} {changed} scheduled task{'s' if changed != 1 else ''}"
-            f" ({len(pks) - changed} already {verb.lower()}).",
+            f" ({result.unchanged} already {verb.lower()}).",
             messages.SUCCESS,
         )
-        self._report_sync(request, report, prefix="Beat", quiet=True)
+        self._report_sync(request, result.sync, prefix="Beat", quiet=True)
 
     def _report_sync(
         self, request: HttpRequest, report: Any, *, prefix: str, quiet: bool = False

@@ -31,14 +31,13 @@ from orchestrator.conf import conf
 from orchestrator.models import ScheduledTask, TaskDefinition
 from orchestrator.policies.priority import to_broker_priority
 from orchestrator.routing import broker_transport
+from orchestrator.task_names import RUN_MAINTENANCE, RUN_SCHEDULED_TASK
 
 logger = logging.getLogger(__name__)
 
-DISPATCH_TASK_NAME = "orchestrator.run_scheduled_task"
 NAME_PREFIX = "orchestrator:"
 # The maintenance entry: its name is no task id, so it can never be taken for an orphan.
 MAINTENANCE_NAME = f"{NAME_PREFIX}maintenance"
-MAINTENANCE_TASK_NAME = "orchestrator.run_maintenance"
 MAINTENANCE_TIMEZONE = "UTC"
 # Fields of PeriodicTask that beat_sync owns; anything else on the row is left alone.
 SYNCED_FIELDS = (
@@ -150,7 +149,7 @@ def _desired_fields(task: ScheduledTask, transport_priority: int | None) -> dict
     definition = task.task_definition
     return {
         "name": periodic_task_name(task.pk),
-        "task": DISPATCH_TASK_NAME,
+        "task": RUN_SCHEDULED_TASK,
         "args": json.dumps([task.pk]),
         "kwargs": "{}",
         "interval_id": None,
@@ -176,7 +175,7 @@ def _maintenance_fields() -> dict[str, Any]:
     """The PeriodicTask values of the maintenance entry (everything but the crontab)."""
     return {
         "name": MAINTENANCE_NAME,
-        "task": MAINTENANCE_TASK_NAME,
+        "task": RUN_MAINTENANCE,
         "args": "[]",
         "kwargs": "{}",
         "interval_id": None,
@@ -348,7 +347,7 @@ def beat_sync(
         tasks = list(
             tasks_qs.select_related("task_definition").only(*_TASK_FIELDS).order_by("pk")
         )
-        ours = Q(name__startswith=NAME_PREFIX, task=DISPATCH_TASK_NAME)
+        ours = Q(name__startswith=NAME_PREFIX, task=RUN_SCHEDULED_TASK)
         if full:
             # Read in the same query, so a no-change re-sync costs no more for it.
             ours |= Q(name=MAINTENANCE_NAME)
@@ -473,7 +472,7 @@ def remove(scheduled_task_id: int, periodic_task_id: int | None) -> None:
     """Delete the PeriodicTask of a deleted ScheduledTask."""
     owned = PeriodicTask.objects.filter(
         Q(name=periodic_task_name(scheduled_task_id))
-        | Q(pk=periodic_task_id or 0, task=DISPATCH_TASK_NAME)
+        | Q(pk=periodic_task_id or 0, task=RUN_SCHEDULED_TASK)
     )
     crontab_ids = set(owned.values_list("crontab_id", flat=True))
     if owned.delete()[0]:

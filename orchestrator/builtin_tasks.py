@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.notifications.delivery import send_report
+from orchestrator.notifications.report import build_report
+
 
 def failure_report(
     since: str = "24h", to: list[str] | None = None, always: bool = False
@@ -17,9 +20,6 @@ def failure_report(
     Nothing is sent when nothing failed, unless ``always``. A destination that could not be
     reached makes the run fail, so the task's retry policy applies.
     """
-    from orchestrator.notifications.delivery import send_report
-    from orchestrator.notifications.report import build_report
-
     report = build_report(since)
     summary: dict[str, Any] = {
         "since": report.since.isoformat(),

@@ -3,6 +3,7 @@
 * orchestrator.E001: django_celery_beat is not in INSTALLED_APPS.
 * orchestrator.E002: ORCHESTRATOR is not a dict, or has unknown keys.
 * orchestrator.E003: MAINTENANCE_SCHEDULE is not a valid cron expression.
+* orchestrator.E004: a channel kind in CHANNEL_KINDS cannot be imported.
 * orchestrator.W001: ALLOWED_TASK_MODULES is empty, so no task can be defined.
 * orchestrator.W002: priorities are set, but workers prefetch more than one message.
 * orchestrator.W003: priorities are set, but the dispatch task is not acknowledged late.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import current_app
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
@@ -22,8 +24,11 @@ from django.db import DatabaseError
 
 from orchestrator import cron
 from orchestrator.conf import DEFAULTS, conf
+from orchestrator.models import NotificationChannel, ScheduledTask
+from orchestrator.notifications.registry import channel_class
 from orchestrator.policies.priority import HIGH_FIRST_TRANSPORTS, supports_priority
 from orchestrator.routing import broker_transport
+from orchestrator.task_names import RUN_SCHEDULED_TASK
 
 
 @register(Tags.compatibility)
@@ -73,6 +78,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
                     id="orchestrator.E003",
                 )
             )
+    problems.extend(_channel_kind_problems())
     if not conf.ALLOWED_TASK_MODULES:
         problems.append(
             Warning(
@@ -85,22 +91,38 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
     return problems
 
 
-def _celery_conf() -> Any:
-    from celery import current_app
+def _channel_kind_problems() -> list[Error]:
+    problems = []
+    for kind, path in conf.CHANNEL_KINDS.items():
+        try:
+            channel_class(kind)
+        except ImportError as err:
+            problems.append(
+                Error(
+                    f"ORCHESTRATOR['CHANNEL_KINDS'][{kind!r}] = {path!r} cannot be imported: {err}",
+                    hint="Give the dotted path of a Channel subclass, such as "
+                    "'orchestrator.notifications.testing.TestChannel'.",
+                    id="orchestrator.E004",
+                )
+            )
+    return problems
 
-    return current_app.conf
+
+def _celery_app() -> Any:
+    return current_app
+
+
+def _celery_conf() -> Any:
+    return _celery_app().conf
 
 
 def _dispatch_task_acks_late() -> bool:
     # Reading the attribute through the registered task applies the project's task annotations.
-    from orchestrator.tasks import run_scheduled_task
-
-    return bool(run_scheduled_task.acks_late)
+    task = _celery_app().tasks.get(RUN_SCHEDULED_TASK)
+    return True if task is None else bool(task.acks_late)
 
 
 def _priorities_in_use() -> bool:
-    from orchestrator.models import ScheduledTask
-
     try:
         return ScheduledTask.objects.filter(priority__isnull=False).exists()
     except DatabaseError:  # no table yet (before migrate) or no database at all
@@ -166,8 +188,6 @@ def check_slack_bot_token(
 ) -> list[Warning]:
     if not databases or conf.SLACK_BOT_TOKEN:
         return []
-    from orchestrator.models import NotificationChannel
-
     try:
         names = list(
             NotificationChannel.objects.filter(kind="slack", enabled=True)

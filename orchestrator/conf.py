@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     # Broker transport used to translate priorities ("redis", "amqp", ...); None reads Celery's
     # broker_url.
     "BROKER_TRANSPORT": None,
+    # Notification channel kinds besides the built-in "slack" and "email": kind -> dotted path
+    # of a Channel subclass, such as {"test": "orchestrator.notifications.testing.TestChannel"}.
+    "CHANNEL_KINDS": {},
 }
 
 
@@ -129,6 +132,11 @@ class OrchestratorSettings:
     @property
     def BROKER_TRANSPORT(self) -> str | None:
         return self._get("BROKER_TRANSPORT") or None
+
+
+    @property
+    def CHANNEL_KINDS(self) -> dict[str, str]:
+        return {str(kind): str(path) for kind, path in (self._get("CHANNEL_KINDS") or {}).items()}
 
 
 conf = OrchestratorSettings()

@@ -1,90 +1,65 @@
 """Run one attempt of a scheduled task and record it: the service behind the Celery task.
 
-:func:`run_task` holds the whole decision (skip, refuse, call, retry or finish) and writes the
-history row; it does not talk to the broker. It returns a :class:`RunOutcome` that tells the
-Celery task in :mod:`orchestrator.tasks` what to do next, so the broker-facing code stays a thin
-adapter and everything else is testable in-process.
+:func:`run_task` takes an :class:`Attempt` (what the Celery request says), decides (drop, skip,
+refuse, call), writes the history row and returns a :class:`RunOutcome` that tells the Celery
+task in :mod:`orchestrator.tasks` what to do next (nothing, or a retry through the broker). It
+never talks to the broker itself, so everything here is testable in-process.
 
-:func:`enqueue` sends a run to the workers now (``ScheduledTask.run_now()``, the admin action,
-the API).
+Its helpers live in their own modules: :mod:`orchestrator.sanitize` (what a task returned or
+raised, made storable), :mod:`orchestrator.reconnect` (writes that survive a dropped database
+connection) and :mod:`orchestrator.routing` (message options). :func:`enqueue` sends a run now,
+the same message beat sends.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import enum
-import json
 import logging
-import time
-import traceback as traceback_module
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-from django.core.serializers.json import DjangoJSONEncoder
-from django.db import (
-    DatabaseError,
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    connection,
-    transaction,
-)
-from django.db.models import OuterRef, Q, Subquery
+from celery.result import AsyncResult
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.dispatch import Signal
 from django.utils import timezone
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 
 from orchestrator import callables, cron, signals
 from orchestrator.conf import conf
-from orchestrator.models import ScheduledTask, TaskRun
+from orchestrator.models import ScheduledTask, TaskRun, TaskState
 from orchestrator.policies.retry import RetryPolicy
-from orchestrator.routing import native_priority
-
-if TYPE_CHECKING:
-    from celery.result import AsyncResult
+from orchestrator.reconnect import CONNECTION_ERRORS, with_reconnect
+from orchestrator.routing import message_options, send_task_message
+from orchestrator.sanitize import error_message, error_type, json_safe_result, truncate
+from orchestrator.task_names import RUN_SCHEDULED_TASK
 
 logger = logging.getLogger(__name__)
 
-TASK_NAME = "orchestrator.run_scheduled_task"
-# The unique constraint on TaskRun that allows one live run per task, schedule tick and attempt.
-ONE_RUN_PER_TICK = "orch_run_one_per_tick"
-
-# error_type of the "lost" rows that are not final failures: the attempt ran again after its
-# worker died, or an operator terminated it on purpose. Other lost attempts (a hard time limit)
-# got task_failed, and count as final failures.
-WORKER_LOST = "WorkerLost"
-REVOKED = "Revoked"
-# The runs that end a task's run for good. The last of them before an attempt tells whether a
-# success is a recovery.
-FINAL_RUNS = Q(status__in=(TaskRun.Status.SUCCEEDED, TaskRun.Status.FAILED)) | (
-    Q(status=TaskRun.Status.LOST) & ~Q(error_type__in=(WORKER_LOST, REVOKED))
-)
-FAILED_FINAL_STATUSES = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
-
-_TRUNCATION_MARK = "… [{count} characters cut]"
-
-# The history is written again after a dropped connection (the server restarted, an operator
-# or a pooler terminated the backend): 5 tries, 0.5 s to 4 s apart, about 7.5 s in all. Enough
-# to ride out a restart of a few seconds; bounded, so a worker does not hang on a database
-# that is gone. The sleep is looked up at each call so that tests can replace it.
-HISTORY_WRITE_ATTEMPTS = 5
-HISTORY_WRITE_WAIT = wait_exponential(multiplier=0.5, min=0.5, max=4)
-_CONNECTION_ERRORS = (OperationalError, InterfaceError)
-_sleep: Callable[[float], None] = time.sleep
-
-_T = TypeVar("_T")
+Now = Callable[[], dt.datetime]
 
 
-class InvalidTaskError(Exception):
-    """The scheduled task's row cannot run as it stands (it was edited around validation)."""
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery of the dispatch message: which task, which attempt, and where it came from.
+
+    ``number`` is 1-based (Celery's retry count plus one). ``scheduled_for`` is the schedule tick
+    the run belongs to: orchestrator's scheduler stamps it on the first attempt and retries carry
+    it. ``from_beat`` says another beat scheduler sent it without one, so the tick is worked out
+    from the worker's clock. ``redelivered`` says the broker delivered it again after a worker
+    died.
+    """
+
+    scheduled_task_id: int
+    number: int = 1
+    trigger: str = TaskRun.Trigger.SCHEDULE
+    celery_task_id: str = ""
+    worker: str = ""
+    queue: str = ""
+    redelivered: bool = False
+    scheduled_for: dt.datetime | None = None
+    from_beat: bool = False
 
 
 class Action(enum.StrEnum):
@@ -116,86 +91,409 @@ class RunOutcome:
         return self.run.status if self.run is not None else None
 
 
-def truncate(text: str, limit: int, *, keep: str = "head") -> str:
-    """``text`` cut to at most ``limit`` characters, saying how much was cut.
+class InvalidTaskError(Exception):
+    """The scheduled task's row cannot run as it stands (it was edited around validation)."""
 
-    ``keep="tail"`` keeps the end instead (for tracebacks, whose last lines name the error).
-    NUL characters are replaced and unpaired surrogates (undecodable bytes read with
-    ``surrogateescape``) written as ``\\udcff`` escapes: PostgreSQL text columns refuse the first,
-    and UTF-8 cannot encode the second.
+
+def run_task(attempt: Attempt, *, now: Now = timezone.now) -> RunOutcome:
+    """Run ``attempt`` and record it; say what the Celery task does next.
+
+    * The task no longer exists, or this tick's attempt already has a run (a second beat, a
+      message delivered again after its run was recorded): nothing is called, ``Action.DROP``.
+    * The task or its definition is disabled: a ``skipped`` run, ``task_skipped``.
+    * The allow-list refuses the import path (checked again now), the kwargs do not fit the
+      function or the policy fields are invalid: a ``failed`` run saying why, ``task_failed``.
+    * Otherwise a ``running`` row is written, ``func(**kwargs)`` is called and the row updated:
+      ``succeeded`` (``task_succeeded``; ``task_recovered`` after a final failure), ``retried``
+      (``task_retrying``, ``Action.RETRY``) or ``failed`` (``task_failed``).
+
+    A successful attempt costs three statements (load, insert, update); signals are sent after
+    the row is written.
     """
-    text = text.replace("\x00", "\ufffd").encode("utf-8", "backslashreplace").decode("utf-8")
-    if limit <= 0:
-        return ""
-    if len(text) <= limit:
-        return text
-    # The mark counts towards the limit, and its own length depends on the count it shows:
-    # grow the count until it is exact (a step or two).
-    cut = len(text) - limit
-    while True:
-        mark = _TRUNCATION_MARK.format(count=cut)
-        room = limit - len(mark)
-        exact = len(text) - max(room, 0)
-        if exact == cut or room <= 0:
-            break
-        cut = exact
-    if room <= 0:
-        return text[:limit] if keep == "head" else text[-limit:]
-    if keep == "tail":
-        return mark + text[-room:]
-    return text[:room] + mark
-
-
-def json_safe_result(value: Any, limit: int) -> Any:
-    """``value`` as something a JSONField stores, within ``limit`` characters of JSON.
-
-    JSON-able values are normalised through Django's encoder (dates, decimals and UUIDs become
-    strings, tuples lists). Anything else is stored as its ``repr``. When the JSON text is longer
-    than ``limit``, the stored value is that text truncated, as a string.
-    """
-    try:
-        # allow_nan=False: PostgreSQL's jsonb refuses NaN and Infinity.
-        # ensure_ascii=False leaves unpaired surrogates raw, for _is_utf8() to find: jsonb refuses
-        # their escapes as it refuses \u0000.
-        text = json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError, RecursionError):
-        text = None
-    if text is None or "\\u0000" in text or not _is_utf8(text):
-        return truncate(_safe_repr(value), limit)
-    if len(text) > limit:
-        return truncate(text, limit)
-    return json.loads(text)
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _safe_repr(value: Any) -> str:
-    try:
-        return repr(value)
-    except Exception as err:  # a broken __repr__ must not lose the run's outcome
-        return f"<unrepresentable {type(value).__name__}: {type(err).__name__}>"
-
-
-def _error_type(exc: BaseException) -> str:
-    cls = type(exc)
-    name = (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    task = with_reconnect(
+        lambda: load_scheduled_task(attempt.scheduled_task_id),
+        what=f"loading scheduled task {attempt.scheduled_task_id} (attempt {attempt.number})",
     )
-    return name[:255]
-
-
-def _error_message(exc: BaseException) -> str:
+    if task is None:
+        logger.warning(
+            "Scheduled task %s no longer exists; dropping its run (attempt %s, Celery id %s)",
+            attempt.scheduled_task_id,
+            attempt.number,
+            attempt.celery_task_id or "-",
+        )
+        return RunOutcome(Action.DROP)
     try:
-        message = str(exc)
-    except Exception:
-        message = ""
-    return truncate(message or type(exc).__name__, conf.MAX_ERROR_CHARS)
+        tick = _tick_of(attempt, task, now)
+    except _AlreadyRan:
+        return RunOutcome(Action.DROP, scheduled_task=task)
+    record = _Record(task, attempt, tick, now)
+
+    if reason := _skip_reason(task):
+        return record.without_call(TaskRun.Status.SKIPPED, reason, signals.task_skipped)
+    try:
+        func, policy = _prepare(task)
+    except (callables.CallableError, InvalidTaskError) as err:
+        # A configuration error: retrying cannot fix it, so it is final at once.
+        path = task.task_definition.import_path
+        message = f"Refused to run {path!r} for task {task.name!r}: {err}"
+        return record.without_call(
+            TaskRun.Status.FAILED, message, signals.task_failed, error_type=error_type(err)
+        )
+
+    run = record.start(policy)
+    if run is None:
+        return RunOutcome(Action.DROP, scheduled_task=task)
+    try:
+        value = func(**task.kwargs)
+    except Exception as exc:  # the function's failure is data for the run, not ours to raise
+        return _failed(run, task, policy, exc, traceback.format_exc(), now)
+    return _succeeded(run, task, value, now)
+
+
+def load_scheduled_task(scheduled_task_id: int) -> ScheduledTask | None:
+    """The task with its definition and its state (see :class:`TaskState`), in one query."""
+    return (
+        ScheduledTask.objects.select_related("task_definition", "state")
+        .filter(pk=scheduled_task_id)
+        .first()
+    )
+
+
+def current_tick(task: ScheduledTask, at: dt.datetime) -> dt.datetime | None:
+    """The latest time at or before ``at`` when ``task``'s cron fires; None if it cannot say."""
+    try:
+        return cron.previous_run(task.cron, task.timezone, at)
+    except (cron.CronError, ValueError, KeyError):  # a row edited around validation
+        return None
+
+
+# --- which tick, and whether to run at all ------------------------------------------------------
+
+class _AlreadyRan(Exception):
+    """This attempt was delivered again after it had finished: it must not run twice."""
+
+
+def _tick_of(attempt: Attempt, task: ScheduledTask, now: Now) -> dt.datetime | None:
+    """The schedule tick of this attempt; raise :class:`_AlreadyRan` for a finished one.
+
+    A message the broker delivered again after its worker died: the ``running`` row the dead
+    worker left is marked ``lost`` and the attempt runs again in the tick it ran for, unless it
+    had finished (the worker died between writing the outcome and acknowledging the message).
+    A first attempt sent by a beat that stamps no tick (django-celery-beat's own scheduler) is
+    placed by the worker's clock, so the clocks of beat and the workers must agree (NTP).
+    Runs sent any other way (run_now, the API) have no tick and no guard.
+    """
+    tick = attempt.scheduled_for
+    if attempt.redelivered and attempt.celery_task_id:
+        earlier = _take_over_redelivered(task, attempt, now)
+        finished = next((r for r in earlier if r.status in TaskRun.FINISHED_STATUSES), None)
+        if finished is not None:
+            logger.warning(
+                "Task %r attempt %s was delivered again after it had finished (%s, run %s, "
+                "Celery id %s); not running it again",
+                task.name,
+                attempt.number,
+                finished.status,
+                finished.pk,
+                attempt.celery_task_id,
+            )
+            raise _AlreadyRan
+        tick = tick or next((r.scheduled_for for r in earlier if r.scheduled_for), None)
+    if tick is None and attempt.from_beat and attempt.number == 1:
+        # A beat message that waited in the broker past the next tick counts as that tick:
+        # missed ticks are coalesced, as cron does, rather than run in a burst.
+        tick = current_tick(task, now())
+    return tick
+
+
+def _take_over_redelivered(task: ScheduledTask, attempt: Attempt, now: Now) -> list[TaskRun]:
+    """The rows of ``attempt``'s number for its Celery id, its dead worker's marked lost."""
+
+    def take_over() -> list[TaskRun]:
+        rows = list(
+            TaskRun.objects.filter(celery_task_id=attempt.celery_task_id, scheduled_task=task)
+        )
+        running = [r for r in rows if r.status == TaskRun.Status.RUNNING]
+        set_lost(
+            running,
+            "The worker running this attempt was lost; the broker delivered it again.",
+            TaskRun.WORKER_LOST,
+            now(),
+        )
+        return [r for r in rows if r.attempt == attempt.number]
+
+    return with_reconnect(
+        take_over,
+        what=f"taking over task {task.name!r} attempt {attempt.number} delivered again",
+    )
+
+
+def _skip_reason(task: ScheduledTask) -> str:
+    if not task.enabled:
+        return f"Skipped: scheduled task {task.name!r} is disabled."
+    if not task.task_definition.enabled:
+        return f"Skipped: task definition {task.task_definition.name!r} is disabled."
+    return ""
+
+
+def _prepare(task: ScheduledTask) -> tuple[Callable[..., Any], RetryPolicy]:
+    """The function to call and the retry policy in force; raise when the row cannot run."""
+    try:
+        policy = task.retry_policy()
+    except ValueError as err:  # a policy field edited in the database to a value it refuses
+        raise InvalidTaskError(f"its retry policy is invalid: {err}") from None
+    func = task.task_definition.resolve()
+    if not isinstance(task.kwargs, dict):
+        raise InvalidTaskError(
+            f"kwargs must be a JSON object, not a JSON {type(task.kwargs).__name__}."
+        )
+    callables.check_kwargs(func, task.kwargs)
+    return func, policy
+
+
+# --- writing the history ------------------------------------------------------------------------
+
+
+class _Record:
+    """The history row of one attempt: its fixed values, and the ways it is first written."""
+
+    def __init__(
+        self, task: ScheduledTask, attempt: Attempt, tick: dt.datetime | None, now: Now
+    ) -> None:
+        self.task = task
+        self.now = now
+        self.base: dict[str, Any] = {
+            "scheduled_task": task,
+            "attempt": attempt.number,
+            "max_attempts": attempt.number,
+            "trigger": attempt.trigger,
+            "celery_task_id": attempt.celery_task_id[:255],
+            "worker": attempt.worker[:255],
+            "queue": (attempt.queue or task.queue)[:200],
+            "priority": task.priority,
+            "time_limit": task.time_limit,
+            "scheduled_for": tick,
+            "tick_key": TaskRun.make_tick_key(task.pk, tick, attempt.number),
+        }
+
+    def start(self, policy: RetryPolicy) -> TaskRun | None:
+        """Insert the ``running`` row; None if this tick's attempt already has one."""
+        self.base["max_attempts"] = policy.max_attempts
+        return self._insert(status=TaskRun.Status.RUNNING, started_at=self.now())
+
+    def without_call(
+        self, status: str, message: str, signal: Signal, *, error_type: str = ""
+    ) -> RunOutcome:
+        """Record a run whose function is not called (skipped, or refused), and signal it."""
+        started = self.now()
+        run = self._insert(
+            status=status,
+            started_at=started,
+            finished_at=started,
+            duration=dt.timedelta(0),
+            error_type=error_type,
+            error_message=truncate(message, conf.MAX_ERROR_CHARS),
+        )
+        if run is None:
+            return RunOutcome(Action.DROP, scheduled_task=self.task)
+        if status == TaskRun.Status.FAILED:
+            logger.error("Task %r not run: %s", self.task.name, run.error_message)
+            _record_final(run, self.task)
+        else:
+            logger.info("%s (attempt %s)", message, run.attempt)
+        send_signal(signal, run, self.task)
+        return RunOutcome(Action.DONE, run, self.task)
+
+    def _insert(self, **fields: Any) -> TaskRun | None:
+        """Insert a run; None if a live run of the same task, tick and attempt already exists.
+
+        The insert is tried again on a fresh connection after a connection error. The error may
+        have come after the server committed it: a later try then looks for that row (same
+        task, attempt, Celery id and start time) and takes it as its own rather than inserting
+        it twice or mistaking it for a duplicate.
+        """
+        base = self.base
+        tries = 0
+
+        def insert() -> TaskRun:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and base["celery_task_id"]:
+                committed = TaskRun.objects.filter(
+                    scheduled_task=self.task,
+                    attempt=base["attempt"],
+                    celery_task_id=base["celery_task_id"],
+                    started_at=fields["started_at"],
+                ).first()
+                if committed is not None:
+                    return committed
+            if base["tick_key"] is not None and connection.in_atomic_block:
+                # A caller's transaction survives the duplicate only through a savepoint.
+                # Workers run in autocommit, where a failed INSERT costs nothing more.
+                with transaction.atomic():
+                    return TaskRun.objects.create(**base, **fields)
+            return TaskRun.objects.create(**base, **fields)
+
+        name, number = self.task.name, base["attempt"]
+        try:
+            return with_reconnect(
+                insert, what=f"recording task {name!r} attempt {number} as {fields['status']}"
+            )
+        except IntegrityError as err:
+            if base["tick_key"] is None or "tick_key" not in str(err):
+                raise
+        except CONNECTION_ERRORS:
+            # Nothing is called without a row to record it in: the attempt stops here, and this
+            # line is its only trace.
+            logger.error(
+                "Could not record task %r attempt %s as %s (Celery id %s); the database is "
+                "unreachable and the function was not called",
+                name,
+                number,
+                fields["status"],
+                base["celery_task_id"] or "-",
+            )
+            raise
+        logger.warning(
+            "Task %r attempt %s for the tick of %s already has a run; dropping this duplicate "
+            "(Celery id %s)",
+            name,
+            number,
+            base["scheduled_for"].isoformat(),
+            base["celery_task_id"] or "-",
+        )
+        return None
+
+
+def _succeeded(run: TaskRun, task: ScheduledTask, value: Any, now: Now) -> RunOutcome:
+    _finish_timing(run, now())
+    run.status = TaskRun.Status.SUCCEEDED
+    run.result = json_safe_result(value, conf.MAX_RESULT_CHARS)
+    previous = previous_final_status(task)
+    _save_outcome(run, task, ["status", "finished_at", "duration", "result"])
+    logger.info("Task %r attempt %s succeeded", task.name, run.attempt)
+    send_signal(signals.task_succeeded, run, task)
+    if previous in TaskRun.FINAL_FAILURE_STATUSES:
+        send_signal(signals.task_recovered, run, task)
+    return RunOutcome(Action.DONE, run, task)
+
+
+def _failed(
+    run: TaskRun, task: ScheduledTask, policy: RetryPolicy, exc: Exception, trace: str, now: Now
+) -> RunOutcome:
+    _finish_timing(run, now())
+    run.error_type = error_type(exc)
+    run.error_message = error_message(exc, conf.MAX_ERROR_CHARS)
+    run.traceback = truncate(trace, conf.MAX_TRACEBACK_CHARS, keep="tail")
+    fields = ["status", "finished_at", "duration", "error_type", "error_message", "traceback"]
+    decision = policy.decide(run.attempt)
+    if decision.retry:
+        run.status = TaskRun.Status.RETRIED
+        assert run.finished_at is not None  # set by _finish_timing above
+        run.next_retry_at = run.finished_at + dt.timedelta(seconds=decision.countdown)
+        _save_outcome(run, task, [*fields, "next_retry_at"])
+        logger.warning(
+            "Task %r attempt %s of %s failed (%s: %s); retrying in %.1f s",
+            task.name,
+            run.attempt,
+            policy.max_attempts,
+            run.error_type,
+            run.error_message[:200],
+            decision.countdown,
+        )
+        send_signal(signals.task_retrying, run, task)
+        return RunOutcome(
+            Action.RETRY, run, task, countdown=decision.countdown, max_retries=policy.max_retries
+        )
+    run.status = TaskRun.Status.FAILED
+    _save_outcome(run, task, fields)
+    logger.error(
+        "Task %r failed for good at attempt %s of %s (%s: %s)",
+        task.name,
+        run.attempt,
+        policy.max_attempts,
+        run.error_type,
+        run.error_message[:200],
+    )
+    send_signal(signals.task_failed, run, task)
+    return RunOutcome(Action.DONE, run, task)
+
+
+def _finish_timing(run: TaskRun, finished: dt.datetime) -> None:
+    run.finished_at = finished
+    run.duration = finished - run.started_at
+
+
+def task_state(task: ScheduledTask) -> TaskState | None:
+    """The task's state as loaded with it (None for a task that never ended a run)."""
+    try:
+        return task.state
+    except TaskState.DoesNotExist:
+        return None
+
+
+def previous_final_status(task: ScheduledTask) -> str:
+    """The status of the task's last run that ended for good, as loaded with the task."""
+    state = task_state(task)
+    return state.last_final_status if state is not None else ""
+
+
+def _state_changes(run: TaskRun, task: ScheduledTask) -> bool:
+    """Whether ``run``'s outcome changes the task's state (a success after a success does not)."""
+    if run.status == TaskRun.Status.SUCCEEDED:
+        state = task_state(task)
+        return state is None or (
+            state.last_final_status != TaskRun.Status.SUCCEEDED or state.consecutive_failures != 0
+        )
+    return run.is_final_failure
+
+
+def _save_outcome(run: TaskRun, task: ScheduledTask, update_fields: list[str]) -> None:
+    """Write the outcome held in ``run``, with the task's state when it changes; if the database
+    stays unreachable, log it instead.
+
+    The row and the state commit together (one transaction, one flush to disk). The function has
+    run by now, so its outcome must not vanish with the connection: the ERROR line carries what
+    the row would have said (never the result or the kwargs, which may hold data the logs must
+    not), and the caller goes on as if it had been written (signals, retry), leaving the row
+    ``running`` in the database.
+    """
+    changes_state = _state_changes(run, task)
+
+    def write() -> None:
+        if not changes_state:
+            run.save(update_fields=update_fields)
+            return
+        with transaction.atomic():
+            run.save(update_fields=update_fields)
+            TaskState.objects.record(run)
+
+    try:
+        with_reconnect(
+            write, what=f"recording task {task.name!r} attempt {run.attempt} as {run.status}"
+        )
+    except CONNECTION_ERRORS as err:
+        logger.error(
+            "Could not record the outcome of task %r attempt %s (run %s, Celery id %s): "
+            "status %s, finished at %s after %.3f s%s; the database said: %s",
+            task.name,
+            run.attempt,
+            run.pk,
+            run.celery_task_id or "-",
+            run.status,
+            run.finished_at.isoformat() if run.finished_at else "-",
+            run.duration.total_seconds() if run.duration is not None else 0.0,
+            f", {run.error_type}: {run.error_message[:200]}" if run.error_type else "",
+            err,
+        )
+
+
+def _record_final(run: TaskRun, task: ScheduledTask) -> None:
+    """Record a final outcome written without :func:`_save_outcome` in the task's state."""
+    if run.is_final_failure or run.status == TaskRun.Status.SUCCEEDED:
+        with_reconnect(
+            lambda: TaskState.objects.record(run), what=f"recording the state of {task.name!r}"
+        )
 
 
 def send_signal(signal: Signal, run: TaskRun, task: ScheduledTask) -> None:
@@ -212,384 +510,26 @@ def send_signal(signal: Signal, run: TaskRun, task: ScheduledTask) -> None:
             )
 
 
-def with_reconnect(write: Callable[[], _T], *, what: str) -> _T:
-    """``write()``, done again on a fresh connection if the database connection failed.
-
-    Each failure is logged at ERROR with ``what`` (which task and attempt it was for); the last
-    one is raised. Inside a transaction ``write`` runs once: the transaction belongs to the
-    caller and went down with the connection, so writing again outside it would be wrong.
-    """
-    if connection.in_atomic_block:
-        return write()
-
-    def reconnect(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        logger.error(
-            "Database error while %s (try %s of %s): %s",
-            what,
-            state.attempt_number,
-            HISTORY_WRITE_ATTEMPTS,
-            error,
-        )
-        # Django opens a new connection on the next query once this one is closed; closing a
-        # dead connection may itself fail, and changes nothing then.
-        with contextlib.suppress(DatabaseError):
-            connection.close()
-
-    retrying = Retrying(
-        retry=retry_if_exception_type(_CONNECTION_ERRORS),
-        stop=stop_after_attempt(HISTORY_WRITE_ATTEMPTS),
-        wait=HISTORY_WRITE_WAIT,
-        sleep=lambda seconds: _sleep(seconds),
-        after=reconnect,
-        reraise=True,
-    )
-    return retrying(write)
+# --- attempts that ended without the dispatcher -------------------------------------------------
 
 
-def load_scheduled_task(scheduled_task_id: int) -> ScheduledTask | None:
-    """The task with its definition, in one query; None if it no longer exists.
-
-    The row carries ``previous_final_status``: the status of its last run that ended for good
-    (see ``FINAL_RUNS``), or None, so a recovery is detected without another query.
-    """
-    previous_final = (
-        TaskRun.objects.filter(FINAL_RUNS, scheduled_task=OuterRef("pk"))
-        .order_by("-started_at", "-id")
-        .values("status")[:1]
-    )
-    return (
-        ScheduledTask.objects.select_related("task_definition")
-        .annotate(previous_final_status=Subquery(previous_final))
-        .filter(pk=scheduled_task_id)
-        .first()
-    )
-
-
-def current_tick(task: ScheduledTask, at: dt.datetime) -> dt.datetime | None:
-    """The latest time at or before ``at`` when ``task``'s cron fires; None if it cannot say."""
-    try:
-        return cron.previous_run(task.cron, task.timezone, at)
-    except (cron.CronError, ValueError, KeyError):  # a row edited around validation
-        return None
-
-
-def _is_duplicate_tick(err: IntegrityError) -> bool:
-    # PostgreSQL names the constraint; SQLite lists its columns.
-    text = str(err)
-    return ONE_RUN_PER_TICK in text or (
-        "UNIQUE constraint failed" in text and "scheduled_for" in text
-    )
-
-
-def _insert(base: dict[str, Any], **fields: Any) -> TaskRun | None:
-    """Insert a run; None if a live run of the same task, tick and attempt already exists.
-
-    The insert is tried again on a fresh connection after a connection error (see
-    :func:`with_reconnect`). The error may have come after the server committed it: a later
-    try then looks for that row (same task, attempt, Celery id and start time) and takes it as
-    its own rather than inserting it twice or mistaking it for a duplicate.
-    """
-    task = base["scheduled_task"]
-    tries = 0
-
-    def insert() -> TaskRun:
-        nonlocal tries
-        tries += 1
-        if tries > 1 and base["celery_task_id"]:
-            committed = TaskRun.objects.filter(
-                scheduled_task=task,
-                attempt=base["attempt"],
-                celery_task_id=base["celery_task_id"],
-                started_at=fields["started_at"],
-            ).first()
-            if committed is not None:
-                return committed
-        if base["scheduled_for"] is not None and connection.in_atomic_block:
-            # A caller's transaction survives the duplicate only through a savepoint. Workers
-            # run in autocommit, where a failed INSERT costs nothing more.
-            with transaction.atomic():
-                return TaskRun.objects.create(**base, **fields)
-        return TaskRun.objects.create(**base, **fields)
-
-    what = f"recording task {task.name!r} attempt {base['attempt']} as {fields['status']}"
-    try:
-        return with_reconnect(insert, what=what)
-    except IntegrityError as err:
-        if base["scheduled_for"] is None or not _is_duplicate_tick(err):
-            raise
-    except _CONNECTION_ERRORS:
-        # Nothing is called without a row to record it in: the attempt stops here, and this
-        # line is its only trace.
-        logger.error(
-            "Could not record task %r attempt %s as %s (Celery id %s); the database is "
-            "unreachable and the function was not called",
-            task.name,
-            base["attempt"],
-            fields["status"],
-            base["celery_task_id"] or "-",
-        )
-        raise
-    logger.warning(
-        "Task %r attempt %s for the tick of %s already has a run; dropping this duplicate "
-        "(Celery id %s)",
-        task.name,
-        base["attempt"],
-        base["scheduled_for"].isoformat(),
-        base["celery_task_id"] or "-",
-    )
-    return None
-
-
-def run_task(
-    scheduled_task_id: int,
-    *,
-    trigger: str = TaskRun.Trigger.SCHEDULE,
-    attempt: int = 1,
-    celery_task_id: str = "",
-    worker: str = "",
-    queue: str = "",
-    redelivered: bool = False,
-    scheduled_for: dt.datetime | None = None,
-    from_beat: bool = False,
-    now: Callable[[], dt.datetime] = timezone.now,
-) -> RunOutcome:
-    """Run attempt ``attempt`` (1-based) of scheduled task ``scheduled_task_id``, and record it.
-
-    * A task that no longer exists: logged, nothing recorded, ``Action.DROP``.
-    * A disabled task or definition: a ``skipped`` run, ``task_skipped``; the function is not
-      called.
-    * An import path the allow-list refuses (re-checked now, so a row edited in the database is
-      held to the same rule as a validated one), or kwargs that do not fit the function: a
-      ``failed`` run saying why, ``task_failed``, no retry.
-    * Otherwise a ``running`` row is written, ``func(**kwargs)`` called and the row updated:
-      ``succeeded`` (``task_succeeded``, then ``task_recovered`` if the last final run had
-      failed), ``retried`` with ``next_retry_at`` (``task_retrying``, ``Action.RETRY``), or
-      ``failed`` (``task_failed``). The retry decision uses the task's policy as loaded now.
-
-    Signals are sent after the row is written. A successful attempt costs three queries (load,
-    insert, update) plus whatever the signal receivers do. A query that fails on a dropped
-    database connection is logged and tried again on a new one (:func:`with_reconnect`); an
-    outcome that still cannot be written is logged at ERROR, and the run goes on.
-
-    ``redelivered`` says the broker delivered this message again after a worker died. The
-    ``running`` row the dead worker left for this Celery task id is marked ``lost``, and the
-    attempt runs again in the same tick. If that attempt had already finished (the worker died
-    after writing its outcome, before acknowledging the message), the message is dropped
-    without calling the function.
-
-    ``scheduled_for`` is the schedule tick the run belongs to. A first attempt sent by beat
-    (``from_beat``) without one takes the latest tick of the cron expression; retries carry it
-    on. At most one live (not ``lost``) row may exist per task, tick and attempt, so a second
-    beat, or a message delivered again after its run was recorded, is dropped (``Action.DROP``)
-    without calling the function. A beat message that waited in the broker past the next tick
-    counts as that tick: missed ticks are coalesced, as cron does, rather than run in a burst.
-    Runs sent any other way (run_now, the API, a hand-sent message) have no tick and no guard.
-    """
-    task = with_reconnect(
-        lambda: load_scheduled_task(scheduled_task_id),
-        what=f"loading scheduled task {scheduled_task_id} (attempt {attempt})",
-    )
-    if task is None:
-        logger.warning(
-            "Scheduled task %s no longer exists; dropping its run (attempt %s, Celery id %s)",
-            scheduled_task_id,
-            attempt,
-            celery_task_id or "-",
-        )
-        return RunOutcome(Action.DROP)
-
-    if redelivered and celery_task_id:
-        earlier = _take_over_redelivered(task, celery_task_id, attempt, now)
-        finished = next((r for r in earlier if r.status in TaskRun.FINISHED_STATUSES), None)
-        if finished is not None:
-            logger.warning(
-                "Task %r attempt %s was delivered again after it had finished (%s, run %s, "
-                "Celery id %s); not running it again",
-                task.name,
-                attempt,
-                finished.status,
-                finished.pk,
-                celery_task_id,
-            )
-            return RunOutcome(Action.DROP, scheduled_task=task)
-        if scheduled_for is None:
-            # The attempt belongs to the tick the dead worker ran it for, not to the tick of
-            # the time it came back.
-            scheduled_for = next((r.scheduled_for for r in earlier if r.scheduled_for), None)
-
-    if scheduled_for is None and from_beat and attempt == 1:
-        # By the worker's clock: beat sends at or after the tick by its own, so the two clocks
-        # must agree (NTP); a worker running behind beat would place the run in the tick before.
-        scheduled_for = current_tick(task, now())
-
-    definition = task.task_definition
-    try:
-        policy: RetryPolicy | None = task.retry_policy()
-    except ValueError as err:  # a policy field edited in the database to a value it refuses
-        policy = None
-        policy_error = err
-    base = {
-        "scheduled_task": task,
-        "attempt": attempt,
-        "max_attempts": policy.max_attempts if policy is not None else attempt,
-        "trigger": trigger,
-        "celery_task_id": celery_task_id[:255],
-        "worker": worker[:255],
-        "queue": (queue or task.queue)[:200],
-        "priority": task.priority,
-        "time_limit": task.time_limit,
-        "scheduled_for": scheduled_for,
-    }
-
-    if not task.enabled or not definition.enabled:
-        reason = (
-            f"Skipped: scheduled task {task.name!r} is disabled."
-            if not task.enabled
-            else f"Skipped: task definition {definition.name!r} is disabled."
-        )
-        started = now()
-        run = _insert(
-            base,
-            status=TaskRun.Status.SKIPPED,
-            started_at=started,
-            finished_at=started,
-            duration=dt.timedelta(0),
-            error_message=reason,
-        )
-        if run is None:
-            return RunOutcome(Action.DROP, scheduled_task=task)
-        logger.info("%s (attempt %s)", reason, attempt)
-        send_signal(signals.task_skipped, run, task)
-        return RunOutcome(Action.DONE, run, task)
-
-    try:
-        if policy is None:
-            raise InvalidTaskError(f"its retry policy is invalid: {policy_error}")
-        func = definition.resolve()
-        if not isinstance(task.kwargs, dict):
-            raise InvalidTaskError(
-                f"kwargs must be a JSON object, not a JSON {type(task.kwargs).__name__}."
-            )
-        callables.check_kwargs(func, task.kwargs)
-    except (callables.CallableError, InvalidTaskError) as err:
-        # A configuration error: retrying cannot fix it, so it is final at once.
-        started = now()
-        run = _insert(
-            base,
-            status=TaskRun.Status.FAILED,
-            started_at=started,
-            finished_at=started,
-            duration=dt.timedelta(0),
-            error_type=_error_type(err),
-            error_message=truncate(
-                f"Refused to run {definition.import_path!r} for task {task.name!r}: {err}",
-                conf.MAX_ERROR_CHARS,
-            ),
-        )
-        if run is None:
-            return RunOutcome(Action.DROP, scheduled_task=task)
-        logger.error("Task %r not run: %s", task.name, run.error_message)
-        send_signal(signals.task_failed, run, task)
-        return RunOutcome(Action.DONE, run, task)
-
-    assert policy is not None  # an invalid policy was refused above
-    run = _insert(base, status=TaskRun.Status.RUNNING, started_at=now())
-    if run is None:
-        return RunOutcome(Action.DROP, scheduled_task=task)
-    error: Exception | None = None
-    try:
-        value = func(**task.kwargs)
-    except Exception as exc:  # the function's failure is data for the run, not ours to raise
-        error = exc
-        formatted_traceback = traceback_module.format_exc()
-    finished = now()
-    run.finished_at = finished
-    run.duration = finished - run.started_at
-    update_fields = ["status", "finished_at", "duration"]
-
-    if error is None:
-        run.status = TaskRun.Status.SUCCEEDED
-        run.result = json_safe_result(value, conf.MAX_RESULT_CHARS)
-        _save_outcome(run, task, [*update_fields, "result"])
-        logger.info("Task %r attempt %s succeeded", task.name, attempt)
-        send_signal(signals.task_succeeded, run, task)
-        if task.previous_final_status in FAILED_FINAL_STATUSES:  # type: ignore[attr-defined]
-            send_signal(signals.task_recovered, run, task)
-        return RunOutcome(Action.DONE, run, task)
-
-    decision = policy.decide(attempt)
-    run.error_type = _error_type(error)
-    run.error_message = _error_message(error)
-    run.traceback = truncate(formatted_traceback, conf.MAX_TRACEBACK_CHARS, keep="tail")
-    update_fields += ["error_type", "error_message", "traceback"]
-    if decision.retry:
-        run.status = TaskRun.Status.RETRIED
-        run.next_retry_at = finished + dt.timedelta(seconds=decision.countdown)
-        _save_outcome(run, task, [*update_fields, "next_retry_at"])
-        logger.warning(
-            "Task %r attempt %s of %s failed (%s: %s); retrying in %.1f s",
-            task.name,
-            attempt,
-            policy.max_attempts,
-            run.error_type,
-            run.error_message[:200],
-            decision.countdown,
-        )
-        send_signal(signals.task_retrying, run, task)
-        return RunOutcome(
-            Action.RETRY, run, task, countdown=decision.countdown, max_retries=policy.max_retries
-        )
-
-    run.status = TaskRun.Status.FAILED
-    _save_outcome(run, task, update_fields)
-    logger.error(
-        "Task %r failed for good at attempt %s of %s (%s: %s)",
-        task.name,
-        attempt,
-        policy.max_attempts,
-        run.error_type,
-        run.error_message[:200],
-    )
-    send_signal(signals.task_failed, run, task)
-    return RunOutcome(Action.DONE, run, task)
-
-
-def _save_outcome(run: TaskRun, task: ScheduledTask, update_fields: list[str]) -> None:
-    """Write the outcome held in ``run``; if the database stays unreachable, log it instead.
-
-    The function has run by now, so its outcome must not vanish with the connection: the
-    ERROR line carries what the row would have said (never the result or the kwargs, which may
-    hold data the logs must not), and the caller goes on as if it had been written (signals,
-    retry), leaving the row ``running`` in the database.
-    """
-    try:
-        with_reconnect(
-            lambda: run.save(update_fields=update_fields),
-            what=f"recording task {task.name!r} attempt {run.attempt} as {run.status}",
-        )
-    except _CONNECTION_ERRORS as err:
-        logger.error(
-            "Could not record the outcome of task %r attempt %s (run %s, Celery id %s): "
-            "status %s, finished at %s after %.3f s%s; the database said: %s",
-            task.name,
-            run.attempt,
-            run.pk,
-            run.celery_task_id or "-",
-            run.status,
-            run.finished_at.isoformat() if run.finished_at else "-",
-            run.duration.total_seconds() if run.duration is not None else 0.0,
-            f", {run.error_type}: {run.error_message[:200]}" if run.error_type else "",
-            err,
+def set_lost(runs: list[TaskRun], message: str, error_type: str, finished: dt.datetime) -> None:
+    """Mark ``runs`` (still ``running``) as ``lost``; they step out of the tick guard."""
+    for run in runs:
+        run.status = TaskRun.Status.LOST
+        run.finished_at = finished
+        run.duration = max(finished - run.started_at, dt.timedelta(0))
+        run.error_type = error_type[:255]
+        run.error_message = truncate(message, conf.MAX_ERROR_CHARS)
+        run.tick_key = None
+    if runs:
+        TaskRun.objects.bulk_update(
+            runs, ["status", "finished_at", "duration", "error_type", "error_message", "tick_key"]
         )
 
 
 def mark_lost(
-    celery_task_id: str,
-    message: str,
-    *,
-    error_type: str = "",
-    now: Callable[[], dt.datetime] = timezone.now,
+    celery_task_id: str, message: str, *, error_type: str = "", now: Now = timezone.now
 ) -> list[TaskRun]:
     """Mark the ``running`` rows of Celery task ``celery_task_id`` as ``lost``; return them.
 
@@ -599,55 +539,23 @@ def mark_lost(
     runs = list(
         TaskRun.objects.filter(celery_task_id=celery_task_id, status=TaskRun.Status.RUNNING)
     )
-    _set_lost(runs, message, error_type, now())
+    set_lost(runs, message, error_type, now())
     return runs
 
 
-def _set_lost(runs: list[TaskRun], message: str, error_type: str, finished: dt.datetime) -> None:
-    for run in runs:
-        run.status = TaskRun.Status.LOST
-        run.finished_at = finished
-        run.duration = max(finished - run.started_at, dt.timedelta(0))
-        run.error_type = error_type[:255]
-        run.error_message = truncate(message, conf.MAX_ERROR_CHARS)
-    if runs:
-        TaskRun.objects.bulk_update(
-            runs, ["status", "finished_at", "duration", "error_type", "error_message"]
-        )
+def report_final_failure(run: TaskRun, task: ScheduledTask) -> None:
+    """A lost attempt that nothing will retry: record it in the task's state and send
+    ``task_failed``, so it is alerted like any final failure."""
+    _record_final(run, task)
+    send_signal(signals.task_failed, run, task)
 
 
-def _take_over_redelivered(
-    task: ScheduledTask, celery_task_id: str, attempt: int, now: Callable[[], dt.datetime]
-) -> list[TaskRun]:
-    """The rows of ``attempt`` of a message delivered again, its dead worker's marked lost.
-
-    Every ``running`` row of the Celery task id is marked ``lost`` (the dead worker can write
-    nothing more); the rows of this attempt are returned, to tell whether it had finished.
-    """
-
-    def take_over() -> list[TaskRun]:
-        rows = list(TaskRun.objects.filter(celery_task_id=celery_task_id, scheduled_task=task))
-        running = [r for r in rows if r.status == TaskRun.Status.RUNNING]
-        _set_lost(
-            running,
-            "The worker running this attempt was lost; the broker delivered it again.",
-            WORKER_LOST,
-            now(),
-        )
-        return [r for r in rows if r.attempt == attempt]
-
-    return with_reconnect(
-        take_over, what=f"taking over task {task.name!r} attempt {attempt} delivered again"
-    )
-
-
-def mark_retry_sent(run: TaskRun, now: Callable[[], dt.datetime] = timezone.now) -> None:
+def mark_retry_sent(run: TaskRun, now: Now = timezone.now) -> None:
     """Record that the retry following ``run`` was handed to the broker.
 
-    A dropped connection is tried again (:func:`with_reconnect`): an unrecorded send makes the
-    maintenance pass send the retry a second time. A failure to write it in the end is logged,
-    never raised: the retry is on its way either way, and raising here would fail an attempt
-    whose outcome is already recorded.
+    A dropped connection is tried again: an unrecorded send makes the maintenance pass send the
+    retry a second time. A failure to write it in the end is logged, never raised: the retry is
+    on its way either way, and raising here would fail an attempt whose outcome is recorded.
     """
     try:
         with_reconnect(
@@ -658,24 +566,7 @@ def mark_retry_sent(run: TaskRun, now: Callable[[], dt.datetime] = timezone.now)
         logger.exception("Could not record the retry of run %s as sent", run.pk)
 
 
-def message_options(task: ScheduledTask, countdown: float = 0.0) -> dict[str, Any]:
-    """The ``apply_async`` options of a run of ``task`` sent ``countdown`` seconds from now.
-
-    ``expires`` counts from when the run is due, not from when it is sent, so a retry waiting
-    longer than ``task.expires`` is not discarded before it could start. ``queue`` is None for
-    the default routing; the Celery task's retry makes it explicit. A task without a priority
-    gets the project's ``task_default_priority``, as beat's messages do: an explicit None would
-    override it (and kombu's Redis transport reads a missing priority as its most urgent).
-    """
-    from celery import current_app
-
-    priority = native_priority(task.priority)
-    return {
-        "queue": task.queue or None,
-        "priority": current_app.conf.task_default_priority if priority is None else priority,
-        "expires": countdown + task.expires if task.expires else None,
-        "time_limit": task.time_limit,
-    }
+# --- sending ------------------------------------------------------------------------------------
 
 
 def enqueue(task: ScheduledTask, trigger: str = TaskRun.Trigger.MANUAL) -> AsyncResult:
@@ -685,8 +576,9 @@ def enqueue(task: ScheduledTask, trigger: str = TaskRun.Trigger.MANUAL) -> Async
     handles manual and scheduled runs alike. Disabled tasks are sent too: the worker records
     them as skipped, which shows the operator what happened.
     """
-    from orchestrator.tasks import run_scheduled_task
-
-    return run_scheduled_task.apply_async(
-        args=[task.pk], kwargs={"trigger": str(trigger)}, **message_options(task)
+    return send_task_message(
+        RUN_SCHEDULED_TASK,
+        args=[task.pk],
+        kwargs={"trigger": str(trigger)},
+        **message_options(task),
     )

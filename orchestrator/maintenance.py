@@ -26,15 +26,17 @@ from dataclasses import asdict, dataclass
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from orchestrator import dispatcher, signals
+from orchestrator import dispatcher
 from orchestrator.conf import conf
-from orchestrator.models import Event, NotificationDelivery, TaskRun
+from orchestrator.models import NotificationDelivery, TaskRun
 from orchestrator.notifications import delivery as notification_delivery
-from orchestrator.notifications.events import Message, alert_from_run
+from orchestrator.notifications.events import RUN_EVENTS, Event, Message
+from orchestrator.routing import message_options, send_task_message
+from orchestrator.sanitize import truncate
+from orchestrator.task_names import RUN_SCHEDULED_TASK
 
 logger = logging.getLogger(__name__)
 
-TASK_NAME = "orchestrator.run_maintenance"
 # error_type of a run that maintenance found still "running" long after it should have ended.
 # It is not one of the dispatcher's "not final" lost kinds: it counts as a final failure.
 STUCK = "Stuck"
@@ -54,7 +56,6 @@ STALE_DELIVERY_AFTER = dt.timedelta(minutes=5)
 # An alert still "sending" this long after it was queued had its worker stop mid-send: a send
 # itself takes a minute or so at most (ORCHESTRATOR["NOTIFICATION_RETRY"]).
 ABANDONED_SEND_AFTER = dt.timedelta(hours=1)
-REQUEUED_PREFIX = "Re-queued at "
 # Rows handled per part in one pass: a backlog is worked off over the next passes.
 BATCH_SIZE = 500
 
@@ -144,21 +145,20 @@ def send_retry(run: TaskRun, at: dt.datetime) -> None:
     it), the trigger and schedule tick carried as kwargs (the tick keeps the one-run-per-tick
     guard), and the queue, priority, expiry and time limit of the task as it is now.
     """
-    from orchestrator.tasks import run_scheduled_task
-
     task = run.scheduled_task
     assert run.next_retry_at is not None  # due_retries selects only rows that have one
     countdown = max((run.next_retry_at - at).total_seconds(), 0.0)
     kwargs = {"trigger": str(run.trigger)}
     if run.scheduled_for is not None:
         kwargs["scheduled_for"] = run.scheduled_for.isoformat()
-    run_scheduled_task.apply_async(
+    send_task_message(
+        RUN_SCHEDULED_TASK,
         args=[task.pk],
         kwargs=kwargs,
         task_id=run.celery_task_id or None,
         retries=run.attempt,
         countdown=countdown,
-        **dispatcher.message_options(task, countdown),
+        **message_options(task, countdown),
     )
 
 
@@ -255,7 +255,8 @@ def mark_stuck_runs(
             "finished_at": at,
             "duration": max(at - run.started_at, dt.timedelta(0)),
             "error_type": STUCK,
-            "error_message": dispatcher.truncate(reason, conf.MAX_ERROR_CHARS),
+            "error_message": truncate(reason, conf.MAX_ERROR_CHARS),
+            "tick_key": None,
         }
         if not TaskRun.objects.filter(pk=run.pk, status=TaskRun.Status.RUNNING).update(**fields):
             continue
@@ -263,7 +264,7 @@ def mark_stuck_runs(
             setattr(run, name, value)
         task = run.scheduled_task
         logger.error("Task %r attempt %s is stuck, marked lost: %s", task.name, run.attempt, reason)
-        dispatcher.send_signal(signals.task_failed, run, task)
+        dispatcher.report_final_failure(run, task)
         report.runs_lost += 1
     return report
 
@@ -271,22 +272,12 @@ def mark_stuck_runs(
 # --- alerts whose broker message was lost ----------------------------------------------------
 
 
-def _requeued_at(error: str) -> dt.datetime | None:
-    if not error.startswith(REQUEUED_PREFIX):
-        return None
-    stamp = error[len(REQUEUED_PREFIX) :].split(" ", 1)[0].rstrip(":")
-    try:
-        return dt.datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-
-
 def _message_for(row: NotificationDelivery) -> Message | None:
     """The alert ``row`` was queued with, built again from its run; None if it cannot be."""
     run = row.task_run
-    if run is None or row.event not in (Event.RETRY, Event.FAILURE, Event.RECOVERY):
+    if run is None or row.event not in RUN_EVENTS:
         return None  # a report, or a run deleted since: there is nothing to describe
-    alert = alert_from_run(row.event, run)
+    alert = notification_delivery.alert_from_run(row.event, run)
     if row.event == Event.RECOVERY:
         return alert
     in_a_row = 1
@@ -296,9 +287,10 @@ def _message_for(row: NotificationDelivery) -> Message | None:
 
 
 def _give_up(row: NotificationDelivery, at: dt.datetime, reason: str) -> bool:
+    """Mark ``row`` failed, unless another pass or a worker changed it since it was read."""
     return (
         NotificationDelivery.objects.filter(
-            pk=row.pk, status=NotificationDelivery.Status.PENDING, error=row.error
+            pk=row.pk, status=NotificationDelivery.Status.PENDING, requeued_at=row.requeued_at
         ).update(status=NotificationDelivery.Status.FAILED, error=reason, finished_at=at)
         == 1
     )
@@ -311,8 +303,8 @@ def requeue_stale_deliveries(
 
     A delivery stays pending only if its broker message never reached a worker (a delivery
     itself retries for a minute at most). It is re-queued through the notification service's
-    own ``enqueue``, with the alert built again from its run, and its "error or reason" column
-    says when. Still pending STALE_DELIVERY_AFTER after that, or impossible to rebuild (a report,
+    own ``enqueue``, with the alert built again from its run, and ``requeued_at`` says when.
+    Still pending STALE_DELIVERY_AFTER after that, or impossible to rebuild (a report,
     or its run deleted), it is marked ``failed`` with the reason, so the delivery log never shows
     an alert as on its way forever.
     """
@@ -337,7 +329,7 @@ def requeue_stale_deliveries(
     )
     minutes = int(STALE_DELIVERY_AFTER.total_seconds() // 60)
     for row in stale:
-        requeued = _requeued_at(row.error)
+        requeued = row.requeued_at
         if requeued is not None:
             if at - requeued < STALE_DELIVERY_AFTER:
                 continue
@@ -359,13 +351,9 @@ def requeue_stale_deliveries(
                 logger.error("Notification delivery %s given up: %s", row.pk, reason)
                 report.deliveries_failed += 1
             continue
-        note = (
-            f"{REQUEUED_PREFIX}{at.isoformat()}: no worker had sent it {minutes} min after it "
-            "was queued (its broker message was lost)."
-        )
         claimed = NotificationDelivery.objects.filter(
-            pk=row.pk, status=NotificationDelivery.Status.PENDING, error=row.error
-        ).update(error=note)
+            pk=row.pk, status=NotificationDelivery.Status.PENDING, requeued_at__isnull=True
+        ).update(requeued_at=at)
         if not claimed:
             continue
         notification_delivery.enqueue(row.pk, message)

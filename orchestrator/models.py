@@ -5,14 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import IntegrityError, models, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from orchestrator import callables, cron
 from orchestrator.conf import conf
+from orchestrator.notifications.events import Event
+from orchestrator.notifications.registry import kind_choices
+from orchestrator.notifications.validation import clean_channel
 from orchestrator.policies.retry import BackoffKind, RetryPolicy
 from orchestrator.validators import (
     validate_cron,
@@ -34,8 +39,6 @@ def default_timezone() -> str:
 def channel_kind_choices() -> list[tuple[str, str]]:
     """Channel kinds from the notification registry (a callable: adding a kind needs no
     migration)."""
-    from orchestrator.notifications.registry import kind_choices
-
     return kind_choices()
 
 
@@ -43,13 +46,16 @@ def default_channel_events() -> list[str]:
     return [Event.FAILURE, Event.RECOVERY]
 
 
-class Event(models.TextChoices):
-    """What a notification is about."""
-
-    RETRY = "retry", "Retry scheduled"
-    FAILURE = "failure", "Final failure"
-    RECOVERY = "recovery", "Recovery"
-    REPORT = "report", "Failure report"
+__all__ = [
+    "AlertState",
+    "Event",
+    "NotificationChannel",
+    "NotificationDelivery",
+    "ScheduledTask",
+    "TaskDefinition",
+    "TaskRun",
+    "TaskState",
+]
 
 
 class TaskDefinition(models.Model):
@@ -259,11 +265,27 @@ class ScheduledTask(models.Model):
         except (cron.CronError, ValueError, KeyError):
             return None
 
-    def run_now(self, trigger: str = "manual") -> AsyncResult:
-        """Send a run of this task to the workers now, outside its schedule."""
-        from orchestrator.dispatcher import enqueue
+    def notification_targets(self) -> tuple[list[NotificationChannel], bool]:
+        """The channels this task's alerts go to, and whether they are the defaults.
 
-        return enqueue(self, trigger=trigger)
+        A task that selects no channel uses every enabled default channel. The selected ones
+        are returned as selected, enabled or not: the notification service skips disabled ones,
+        the pages show them as such.
+        """
+        selected = list(self.notification_channels.all())
+        if selected:
+            return selected, False
+        return list(NotificationChannel.objects.filter(enabled=True, is_default=True)), True
+
+    def run_now(self, trigger: str = "manual") -> AsyncResult:
+        """Send a run of this task to the workers now, outside its schedule.
+
+        The model does not know Celery: this asks the app's operations service
+        (:func:`orchestrator.operations.run_now`, wired in ``OrchestratorConfig.ready()``),
+        which every edge calls.
+        """
+        operations = apps.get_app_config(self._meta.app_label).operations  # type: ignore[attr-defined]
+        return operations.run_now(self, trigger=trigger)
 
 
 class TaskRun(models.Model):
@@ -282,7 +304,18 @@ class TaskRun(models.Model):
         MANUAL = "manual", "Manual"
         API = "api", "API"
 
+    # Attempts that ended with an outcome of their own (a lost one is marked by someone else).
     FINISHED_STATUSES = (Status.SUCCEEDED, Status.RETRIED, Status.FAILED, Status.SKIPPED)
+    # The outcomes of a run: an attempt that was retried is not one (its retry is), skipped
+    # runs did not run, running ones have no outcome yet.
+    FINAL_FAILURE_STATUSES = (Status.FAILED, Status.LOST)
+    OUTCOME_STATUSES = (Status.SUCCEEDED, *FINAL_FAILURE_STATUSES)
+    # error_type of the lost attempts that are not final failures: the attempt ran again after
+    # its worker died, or an operator terminated it on purpose. Other lost attempts (a hard
+    # time limit, a stuck run) are final failures.
+    WORKER_LOST = "WorkerLost"
+    REVOKED = "Revoked"
+    NOT_FINAL_LOST_TYPES = (WORKER_LOST, REVOKED)
 
     scheduled_task = models.ForeignKey(
         ScheduledTask, on_delete=models.CASCADE, related_name="runs"
@@ -319,6 +352,12 @@ class TaskRun(models.Model):
     scheduled_for = models.DateTimeField(
         null=True, blank=True, help_text="The schedule tick this run belongs to."
     )
+    # One live run per scheduled task, schedule tick and attempt: a second beat or a redelivered
+    # message for the same tick cannot run the function twice. A plain unique column rather than
+    # a conditional constraint, which MySQL and MariaDB do not have: runs without a tick, and
+    # lost attempts (which step aside so the redelivered message can record its own), hold NULL,
+    # and every database lets NULLs repeat in a unique column.
+    tick_key = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -327,19 +366,107 @@ class TaskRun(models.Model):
             models.Index(fields=["scheduled_task", "-started_at"], name="orch_run_task_started"),
             models.Index(fields=["status", "-started_at"], name="orch_run_status_started"),
         ]
-        constraints = [
-            # One live run per scheduled task, schedule tick and attempt: a second beat or a
-            # redelivered message for the same tick cannot run the function twice. Lost attempts
-            # step aside so the redelivered message can record its own.
-            models.UniqueConstraint(
-                fields=["scheduled_task", "scheduled_for", "attempt"],
-                condition=models.Q(scheduled_for__isnull=False) & ~models.Q(status="lost"),
-                name="orch_run_one_per_tick",
-            )
-        ]
 
     def __str__(self) -> str:
         return f"{self.scheduled_task} attempt {self.attempt}: {self.get_status_display()}"
+
+    @staticmethod
+    def make_tick_key(
+        scheduled_task_id: int, scheduled_for: dt.datetime | None, attempt: int
+    ) -> str | None:
+        """The value of ``tick_key`` for a live run of that task, tick and attempt."""
+        if scheduled_for is None:
+            return None
+        return f"{scheduled_task_id}:{scheduled_for.timestamp():.0f}:{attempt}"
+
+    @property
+    def is_final_failure(self) -> bool:
+        """Whether this run ended the task's run for good, in failure."""
+        if self.status == self.Status.FAILED:
+            return True
+        return self.status == self.Status.LOST and self.error_type not in self.NOT_FINAL_LOST_TYPES
+
+
+class TaskStateManager(models.Manager["TaskState"]):
+    def rebuild(self, scheduled_task_id: int) -> TaskState | None:
+        """Compute the state of a task again from its run history (repairs, and test data).
+
+        The last run that ended for good (lost attempts that ran again or were revoked on
+        purpose do not count), and the final failures after the last success.
+        """
+        final = Q(status__in=(TaskRun.Status.SUCCEEDED, TaskRun.Status.FAILED)) | (
+            Q(status=TaskRun.Status.LOST) & ~Q(error_type__in=TaskRun.NOT_FINAL_LOST_TYPES)
+        )
+        runs = TaskRun.objects.filter(final, scheduled_task_id=scheduled_task_id)
+        last = runs.order_by("-started_at", "-id").first()
+        if last is None:
+            self.filter(pk=scheduled_task_id).delete()
+            return None
+        success = runs.filter(status=TaskRun.Status.SUCCEEDED).order_by("-started_at").first()
+        failures = runs.exclude(status=TaskRun.Status.SUCCEEDED)
+        if success is not None:
+            failures = failures.filter(started_at__gt=success.started_at)
+        state, _ = self.update_or_create(
+            scheduled_task_id=scheduled_task_id,
+            defaults={
+                "last_final_status": last.status,
+                "last_final_at": last.finished_at,
+                "consecutive_failures": failures.count(),
+            },
+        )
+        return state
+
+    def record(self, run: TaskRun) -> None:
+        """Record ``run``, a final outcome: a success resets the failure count, a failure adds one.
+
+        The count is incremented in SQL, so two failures recorded at once both count. The row is
+        created by the first final outcome of its task.
+        """
+        success = run.status == TaskRun.Status.SUCCEEDED
+        values: dict[str, Any] = {
+            "last_final_status": run.status,
+            "last_final_at": run.finished_at,
+            "consecutive_failures": 0 if success else F("consecutive_failures") + 1,
+        }
+        if self.filter(pk=run.scheduled_task_id).update(**values):
+            return
+        first = {**values, "consecutive_failures": 0 if success else 1}
+        try:
+            with transaction.atomic():
+                self.create(scheduled_task_id=run.scheduled_task_id, **first)
+        except IntegrityError:  # another worker created it meanwhile
+            self.filter(pk=run.scheduled_task_id).update(**values)
+
+
+class TaskState(models.Model):
+    """What the dispatcher keeps about a scheduled task between runs.
+
+    Apart from :class:`ScheduledTask` because operators edit that row: an admin save writes
+    every field of the row as it was loaded, and would overwrite what a run wrote meanwhile.
+    Written only when it changes (a success after a success writes nothing), so the common
+    attempt costs no extra statement; read with the task in the dispatcher's one query.
+    """
+
+    scheduled_task = models.OneToOneField(
+        ScheduledTask, on_delete=models.CASCADE, primary_key=True, related_name="state"
+    )
+    last_final_status = models.CharField(
+        max_length=20,
+        blank=True,
+        help_text="Status of the last run that ended for good (succeeded, failed or lost).",
+    )
+    last_final_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(
+        default=0, help_text="Final failures since the last success."
+    )
+
+    objects = TaskStateManager()
+
+    class Meta:
+        verbose_name = "task state"
+
+    def __str__(self) -> str:
+        return f"{self.scheduled_task_id}: {self.last_final_status or 'no final run'}"
 
 
 class NotificationChannel(models.Model):
@@ -389,9 +516,7 @@ class NotificationChannel(models.Model):
 
     def clean(self) -> None:
         super().clean()
-        from orchestrator.notifications.validation import clean_channel
-
-        clean_channel(self)
+        clean_channel(self.kind, self.target, self.events)
 
 
 class AlertState(models.Model):
@@ -446,7 +571,15 @@ class NotificationDelivery(models.Model):
     suppressed_count = models.PositiveIntegerField(
         default=0, help_text="Alerts suppressed since the previous one, reported in this one."
     )
-    error = models.TextField(blank=True)
+    error = models.TextField(blank=True, help_text="Why the send failed.")
+    suppressed_reason = models.TextField(
+        blank=True, help_text="Why the alert policy held this alert back."
+    )
+    requeued_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the maintenance pass queued it again, its first message having been lost.",
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -458,3 +591,10 @@ class NotificationDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} to {self.channel_id}: {self.status}"
+
+    @property
+    def reason(self) -> str:
+        """The error of a failed send, or why the alert was suppressed, for the delivery log."""
+        if self.error or not self.suppressed_reason:
+            return self.error
+        return f"Suppressed: {self.suppressed_reason}"

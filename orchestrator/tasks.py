@@ -17,20 +17,21 @@ from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, task_revoked
 from django.db import close_old_connections, connection
 
-from orchestrator import dispatcher, maintenance, signals
+from orchestrator import dispatcher, maintenance
 from orchestrator.conf import conf
-from orchestrator.dispatcher import TASK_NAME, Action
-from orchestrator.maintenance import TASK_NAME as MAINTENANCE_TASK_NAME
+from orchestrator.dispatcher import Action, Attempt
 from orchestrator.models import ScheduledTask, TaskRun
 
 # Celery's autodiscovery imports only this module of the app: importing the notification
 # delivery task here is what registers it with the workers.
 from orchestrator.notifications.tasks import deliver_notification  # noqa: F401
+from orchestrator.routing import message_options
+from orchestrator.task_names import RUN_MAINTENANCE, RUN_SCHEDULED_TASK
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
+@shared_task(bind=True, name=RUN_SCHEDULED_TASK, acks_late=True, reject_on_worker_lost=True)
 def run_scheduled_task(
     self: Task,
     scheduled_task_id: int,
@@ -55,10 +56,10 @@ def run_scheduled_task(
     """
     request = self.request
     delivery = request.delivery_info or {}
-    outcome = dispatcher.run_task(
+    attempt = Attempt(
         scheduled_task_id,
+        number=request.retries + 1,
         trigger=trigger,
-        attempt=request.retries + 1,
         celery_task_id=request.id or "",
         worker=request.hostname or "",
         queue=delivery.get("routing_key") or "",
@@ -66,6 +67,7 @@ def run_scheduled_task(
         scheduled_for=dt.datetime.fromisoformat(scheduled_for) if scheduled_for else None,
         from_beat=_sent_by_beat(request),
     )
+    outcome = dispatcher.run_task(attempt)
     if outcome.action is Action.RETRY:
         task = outcome.scheduled_task
         run = outcome.run
@@ -82,7 +84,7 @@ def run_scheduled_task(
         kwargs: dict[str, Any] = {"trigger": trigger}
         if run.scheduled_for is not None:
             kwargs["scheduled_for"] = run.scheduled_for.isoformat()
-        options = dispatcher.message_options(task, outcome.countdown)
+        options = message_options(task, outcome.countdown)
         options["queue"] = options["queue"] or _default_queue(self)
         # throw=False: the retry message is sent (or Reject raised) before we get it back, so
         # retry_sent_at says the broker has it; a retried row without it was never handed over,
@@ -102,7 +104,7 @@ def run_scheduled_task(
     return {"run": outcome.run.pk, "status": outcome.run.status, "attempt": outcome.run.attempt}
 
 
-@shared_task(name=MAINTENANCE_TASK_NAME, ignore_result=True)
+@shared_task(name=RUN_MAINTENANCE, ignore_result=True)
 def run_maintenance() -> dict[str, int]:
     """One maintenance pass (see :func:`orchestrator.maintenance.run_maintenance`).
 
@@ -140,7 +142,7 @@ def _record_lost(task_id: str, message: str, error_type: str, *, final: bool) ->
         task = ScheduledTask.objects.select_related("task_definition").get(pk=run.scheduled_task_id)
         logger.error("Task %r attempt %s lost: %s", task.name, run.attempt, message)
         # Nothing will retry this attempt, so it is a final failure as far as alerts go.
-        dispatcher.send_signal(signals.task_failed, run, task)
+        dispatcher.report_final_failure(run, task)
 
 
 @task_failure.connect
@@ -155,7 +157,7 @@ def _on_task_failure(
     Runs in the worker's main process for a hard time limit, where the task body never got to
     record the outcome.
     """
-    if getattr(sender, "name", None) != TASK_NAME or not task_id:
+    if getattr(sender, "name", None) != RUN_SCHEDULED_TASK or not task_id:
         return
     if isinstance(exception, TimeLimitExceeded):
         message = f"Killed by the worker at its hard time limit ({exception})."
@@ -181,10 +183,10 @@ def _on_task_revoked(
     An operator stopped it on purpose, so the row is marked ``lost`` without a failure signal.
     """
     task_id = getattr(request, "id", None)
-    if getattr(sender, "name", None) != TASK_NAME or not task_id or not terminated:
+    if getattr(sender, "name", None) != RUN_SCHEDULED_TASK or not task_id or not terminated:
         return
     try:
         message = f"Revoked and terminated (signal {signum})."
-        _record_lost(task_id, message, dispatcher.REVOKED, final=False)
+        _record_lost(task_id, message, TaskRun.REVOKED, final=False)
     except Exception:
         logger.exception("Could not record the revoked attempt of Celery task %s", task_id)

@@ -17,9 +17,9 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
-from orchestrator.dashboard.display import mask_channel_target
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition, TaskRun
 from orchestrator.notifications.redact import redact
+from orchestrator.notifications.registry import mask_target
 
 
 def as_drf_error(err: DjangoValidationError) -> serializers.ValidationError:
@@ -180,7 +180,7 @@ class NotificationChannelSerializer(FullCleanModelSerializer):
 
     def to_representation(self, instance: NotificationChannel) -> dict[str, Any]:
         data = super().to_representation(instance)
-        data["target"] = mask_channel_target(instance)
+        data["target"] = mask_target(instance.kind, instance.target)
         # Delivery errors are stored redacted; redacting again costs nothing and guards against a
         # channel class that let its own URL into a message.
         data["last_error"] = redact(instance.last_error, [instance.target])

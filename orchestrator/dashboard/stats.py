@@ -25,8 +25,8 @@ Status = TaskRun.Status
 # The success rate counts outcomes, not attempts: a run that failed and then succeeded on retry
 # is one success (its "retried" attempt is left out), skipped runs did not run at all, and running
 # ones have no outcome yet.
-OUTCOME_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.LOST)
-FAILURE_STATUSES = (Status.FAILED, Status.LOST)
+OUTCOME_STATUSES = TaskRun.OUTCOME_STATUSES
+FAILURE_STATUSES = TaskRun.FINAL_FAILURE_STATUSES
 RATE_WINDOW = dt.timedelta(days=7)
 SPARKLINE_RUNS = 30
 NEVER_RUN = "never"

@@ -16,7 +16,6 @@ from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import NoReverseMatch, reverse
@@ -25,12 +24,12 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST, require_safe
 
-from orchestrator import charts
+from orchestrator import charts, operations
 from orchestrator.dashboard import stats
-from orchestrator.dashboard.display import mask_channel_target
-from orchestrator.dispatcher import truncate
-from orchestrator.humanize import format_duration
-from orchestrator.models import NotificationChannel, ScheduledTask, TaskRun
+from orchestrator.humanize import format_duration, retry_schedule
+from orchestrator.models import ScheduledTask, TaskRun
+from orchestrator.notifications.registry import mask_target
+from orchestrator.sanitize import truncate
 
 logger = logging.getLogger(__name__)
 
@@ -138,17 +137,14 @@ def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
         )
     try:
         policy = task.retry_policy()
-        delays = policy.schedule()
+        delays = retry_schedule(policy, RETRY_DELAYS_SHOWN)
         policy_error = ""
     except (TypeError, ValueError) as err:
         # A policy field edited in the database to a value it refuses: show the page and say so
         # (the dispatcher refuses to run the task for the same reason).
-        policy, delays = None, []
+        policy, delays = None, None
         policy_error = f"This retry policy is invalid: {err}. Fix it in the admin."
-    channels = list(task.notification_channels.all())
-    uses_defaults = not channels
-    if uses_defaults:
-        channels = list(NotificationChannel.objects.filter(enabled=True, is_default=True))
+    channels, uses_defaults = task.notification_targets()
     context = {
         "task": task,
         "runnable": task.is_runnable,
@@ -160,10 +156,11 @@ def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "kwargs_json": truncate(json.dumps(task.kwargs, sort_keys=True), KWARGS_SHOWN),
         "policy": policy,
         "policy_error": policy_error,
-        "retry_delays": [format_duration(d) for d in delays[:RETRY_DELAYS_SHOWN]],
-        "more_retries": max(len(delays) - RETRY_DELAYS_SHOWN, 0),
+        "retry_delays": delays.delays if delays else (),
+        "more_retries": delays.more if delays else 0,
         "channels": [
-            {"channel": channel, "target": mask_channel_target(channel)} for channel in channels
+            {"channel": channel, "target": mask_target(channel.kind, channel.target)}
+            for channel in channels
         ],
         "uses_default_channels": uses_defaults,
         "can_run": request.user.has_perm(RUN_PERM),
@@ -186,7 +183,7 @@ def run_now(request: HttpRequest, pk: int) -> HttpResponseRedirect:
     task = get_object_or_404(ScheduledTask.objects.select_related("task_definition"), pk=pk)
     fallback = reverse("orchestrator:task-detail", args=[task.pk])
     try:
-        result = task.run_now(trigger=TaskRun.Trigger.MANUAL)
+        result = task.run_now()
     except Exception as err:  # the broker being down must not become a 500 page
         logger.exception("Run now of scheduled task %s (%s) failed", task.pk, task.name)
         messages.error(request, f"Could not send “{task}” to the workers: {type(err).__name__}.")
@@ -200,20 +197,12 @@ def _set_enabled(request: HttpRequest, pk: int, enabled: bool) -> HttpResponseRe
     _require(request.user.has_perm(CHANGE_PERM))
     task = get_object_or_404(ScheduledTask, pk=pk)
     fallback = reverse("orchestrator:task-detail", args=[task.pk])
-    if task.enabled != enabled:
-        task.enabled = enabled
-        try:
-            # A normal save: beat_sync's post_save receiver updates beat's PeriodicTask in the
-            # same transaction, so the flag and beat change together or not at all.
-            with transaction.atomic():
-                # Only these fields: a full save would overwrite an admin edit made meanwhile.
-                task.save(update_fields=["enabled", "updated_at"])
-        except Exception as err:
-            logger.exception("Setting enabled=%s on scheduled task %s failed", enabled, task.pk)
-            messages.error(
-                request, f"Nothing changed: updating beat failed ({type(err).__name__})."
-            )
-            return _back(request, fallback)
+    try:
+        operations.set_enabled([task.pk], enabled)
+    except Exception as err:
+        logger.exception("Setting enabled=%s on scheduled task %s failed", enabled, task.pk)
+        messages.error(request, f"Nothing changed: updating beat failed ({type(err).__name__}).")
+        return _back(request, fallback)
     messages.success(request, f"“{task}” is {'enabled' if enabled else 'disabled'}.")
     return _back(request, fallback)
 
@@ -221,12 +210,12 @@ def _set_enabled(request: HttpRequest, pk: int, enabled: bool) -> HttpResponseRe
 @require_POST
 @staff_member_required
 def enable(request: HttpRequest, pk: int) -> HttpResponseRedirect:
-    """Enable the task (its beat entry follows through the model's save)."""
+    """Enable the task and its beat entry (:func:`orchestrator.operations.set_enabled`)."""
     return _set_enabled(request, pk, True)
 
 
 @require_POST
 @staff_member_required
 def disable(request: HttpRequest, pk: int) -> HttpResponseRedirect:
-    """Disable the task (its beat entry follows through the model's save)."""
+    """Disable the task and its beat entry (:func:`orchestrator.operations.set_enabled`)."""
     return _set_enabled(request, pk, False)

@@ -15,7 +15,7 @@ from orchestrator.notifications.base import NotificationError
 from orchestrator.notifications.delivery import send_test
 from orchestrator.notifications.events import truncate
 from orchestrator.notifications.redact import redact
-from orchestrator.notifications.registry import UnknownChannelKind, channel_class
+from orchestrator.notifications.registry import mask_target
 
 
 def redacted_error(text: str, channel: NotificationChannel) -> str:
@@ -25,10 +25,7 @@ def redacted_error(text: str, channel: NotificationChannel) -> str:
 
 
 def masked_target(channel: NotificationChannel) -> str:
-    try:
-        return channel_class(channel.kind).mask_target(channel.target)
-    except UnknownChannelKind:
-        return "********"
+    return mask_target(channel.kind, channel.target)
 
 
 class NotificationChannelForm(forms.ModelForm):
@@ -154,7 +151,7 @@ class NotificationDeliveryAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "event", "channel", "created_at"]
     list_select_related = ["channel", "scheduled_task"]
-    search_fields = ["scheduled_task__name", "channel__name", "error"]
+    search_fields = ["scheduled_task__name", "channel__name", "error", "suppressed_reason"]
     date_hierarchy = "created_at"
     fields = [
         "created_at",
@@ -166,6 +163,7 @@ class NotificationDeliveryAdmin(admin.ModelAdmin):
         "attempts",
         "suppressed_count",
         "error_text",
+        "requeued_at",
         "sent_at",
         "finished_at",
     ]
@@ -173,11 +171,11 @@ class NotificationDeliveryAdmin(admin.ModelAdmin):
 
     @admin.display(description="error or reason")
     def error_display(self, obj: NotificationDelivery) -> str:
-        return truncate(redacted_error(obj.error, obj.channel), 80) or "-"
+        return truncate(redacted_error(obj.reason, obj.channel), 80) or "-"
 
     @admin.display(description="error or reason")
     def error_text(self, obj: NotificationDelivery) -> str:
-        return redacted_error(obj.error, obj.channel) or "-"
+        return redacted_error(obj.reason, obj.channel) or "-"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

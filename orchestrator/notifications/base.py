@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from orchestrator.notifications.events import Alert, Message, Report
+from orchestrator.notifications.redact import is_url, mask_url
 
 
 class NotificationError(Exception):
@@ -37,7 +38,11 @@ class Channel:
     ``target`` (a webhook URL, a Slack channel, addresses...).
 
     * :meth:`validate_target` checks a target when a channel is saved;
-    * :meth:`mask_target` is how the target is shown where secrets must not appear;
+    * :meth:`mask_target` is how the target is shown where secrets must not appear (pages, the
+      API, logs); by default a URL is assumed to carry a credential and is masked;
+    * :meth:`secrets` lists the strings a send's errors must never contain: the delivery service
+      redacts them before an error is stored, shown or logged. A kind with a credential (a
+      token from settings, a key in the target) lists it here, and gets redaction everywhere;
     * :meth:`payload` builds what would be sent, without I/O, so it can be tested exactly;
     * :meth:`notify` sends, returns nothing on success, and raises :class:`NotificationError`
       on any failure (never another exception type).
@@ -55,8 +60,12 @@ class Channel:
 
     @classmethod
     def mask_target(cls, target: str) -> str:
-        """``target`` as it may be shown in the admin, errors and logs."""
-        return target
+        """``target`` as it may be shown in the admin, the API, errors and logs."""
+        return mask_url(target) if is_url(target) else target
+
+    def secrets(self) -> list[str]:
+        """The secret strings this channel sends with: never stored, shown or logged."""
+        return [self.target] if is_url(self.target) else []
 
     @property
     def masked_target(self) -> str:

@@ -25,30 +25,35 @@ from tenacity import (
 from orchestrator.conf import conf
 from orchestrator.models import (
     AlertState,
-    Event,
     NotificationChannel,
     NotificationDelivery,
     ScheduledTask,
     TaskRun,
+    TaskState,
 )
 from orchestrator.notifications.base import Channel, NotificationError
 from orchestrator.notifications.email import EmailChannel
 from orchestrator.notifications.events import (
+    ALERT_ERROR_CHARS,
+    Alert,
+    Event,
     Message,
     Report,
-    alert_from_run,
     connection_test_alert,
     message_from_dict,
+    run_url,
+    truncate,
 )
 from orchestrator.notifications.redact import redact
 from orchestrator.notifications.registry import UnknownChannelKind, get_channel
 from orchestrator.policies.alerts import Action, AlertDecision, AlertPolicy, DeliveryRetryPolicy
 from orchestrator.policies.alerts import AlertState as PolicyState
+from orchestrator.routing import send_task_message
+from orchestrator.task_names import DELIVER_NOTIFICATION
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RETRY_POLICY = DeliveryRetryPolicy()
-FAILED_STATUSES = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
 
 
 # --- choosing channels and deciding -------------------------------------------------------
@@ -57,28 +62,46 @@ FAILED_STATUSES = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
 def channels_for(task: ScheduledTask, event: str) -> list[NotificationChannel]:
     """Enabled channels of ``task`` subscribed to ``event``.
 
-    A task that selects no channel uses every enabled default channel; a task whose selected
-    channels are all disabled gets no alert (it chose them).
+    The channels are :meth:`ScheduledTask.notification_targets`: the selected ones, or every
+    enabled default channel; a task whose selected channels are all disabled gets no alert (it
+    chose them).
     """
-    selected = list(task.notification_channels.all())
-    if not selected:
-        selected = list(NotificationChannel.objects.filter(enabled=True, is_default=True))
-    return [c for c in selected if c.enabled and event in (c.events or [])]
+    channels, _ = task.notification_targets()
+    return [c for c in channels if c.enabled and event in (c.events or [])]
 
 
 def consecutive_failures(task: ScheduledTask) -> int:
-    """Final failures of ``task`` since its last success (the run being reported included)."""
-    runs = TaskRun.objects.filter(scheduled_task=task)
-    last_success = (
-        runs.filter(status=TaskRun.Status.SUCCEEDED)
-        .order_by("-started_at")
-        .values_list("started_at", flat=True)
-        .first()
+    """Final failures of ``task`` since its last success (the run being reported included).
+
+    Read from the task's :class:`~orchestrator.models.TaskState`, which the dispatcher keeps as
+    runs end: one row, whatever the length of the history.
+    """
+    count = (
+        TaskState.objects.filter(pk=task.pk).values_list("consecutive_failures", flat=True).first()
     )
-    failures = runs.filter(status__in=FAILED_STATUSES)
-    if last_success is not None:
-        failures = failures.filter(started_at__gt=last_success)
-    return max(failures.count(), 1)
+    return max(count or 0, 1)
+
+
+def alert_from_run(event: str, run: TaskRun) -> Alert:
+    """The alert for ``event`` about ``run`` (its scheduled task and definition are read)."""
+    task = run.scheduled_task
+    limit = min(ALERT_ERROR_CHARS, conf.MAX_ERROR_CHARS)
+    return Alert(
+        event=event,
+        task_name=task.name,
+        task_id=task.pk,
+        definition=task.task_definition.name,
+        attempt=run.attempt,
+        max_attempts=run.max_attempts,
+        duration=run.duration.total_seconds() if run.duration is not None else None,
+        queue=run.queue or task.queue or "",
+        error_type=run.error_type or "",
+        error_message=truncate(run.error_message or "", limit),
+        started_at=run.started_at,
+        next_retry_at=run.next_retry_at if event == Event.RETRY else None,
+        run_id=run.pk,
+        run_url=run_url(run.pk) if run.pk else "",
+    )
 
 
 def policy_for(channel: NotificationChannel) -> AlertPolicy:
@@ -115,8 +138,7 @@ def _record(
         event=event,
         status=status.PENDING if send else status.SUPPRESSED,
         suppressed_count=decision.suppressed_count,
-        # For a suppressed delivery the "error" column says why it was held back.
-        error="" if send else f"Suppressed: {decision.reason}",
+        suppressed_reason="" if send else decision.reason,
         created_at=now,
         finished_at=None if send else now,
     )
@@ -196,11 +218,9 @@ def enqueue(delivery_id: int, message: Message) -> None:
     data = message.to_dict()
 
     def publish() -> None:
-        from orchestrator.notifications.tasks import deliver_notification
-
         options = {"queue": conf.NOTIFICATION_QUEUE} if conf.NOTIFICATION_QUEUE else {}
         try:
-            deliver_notification.apply_async(args=[delivery_id, data], **options)
+            send_task_message(DELIVER_NOTIFICATION, args=[delivery_id, data], **options)
         except Exception as err:
             logger.exception("Could not queue notification delivery %s", delivery_id)
             NotificationDelivery.objects.filter(pk=delivery_id).update(
@@ -303,10 +323,6 @@ def send_with_retries(
     return SendResult(attempts=attempts)
 
 
-def _secrets(channel: Channel) -> list[str]:
-    return [channel.target, conf.SLACK_BOT_TOKEN] if channel.kind == "slack" else []
-
-
 def mark_channel_error(channel: NotificationChannel, error: str) -> None:
     NotificationChannel.objects.filter(pk=channel.pk).update(
         last_error=error, last_error_at=timezone.now()
@@ -351,7 +367,7 @@ def deliver(
     if result.ok:
         return _finish(delivery, result.attempts)
     assert result.error is not None
-    error = redact(result.error.message, _secrets(channel))
+    error = redact(result.error.message, channel.secrets())
     if result.error.permanent:
         mark_channel_error(row, error)
     logger.error(
@@ -392,7 +408,7 @@ def send_test(row: NotificationChannel) -> None:
         label="test",
     )
     if result.error is not None:
-        error = redact(result.error.message, _secrets(channel))
+        error = redact(result.error.message, channel.secrets())
         mark_channel_error(row, error)
         raise NotificationError(error, permanent=result.error.permanent)
     NotificationChannel.objects.filter(pk=row.pk).update(last_error="", last_error_at=None)

@@ -9,15 +9,30 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urljoin
 
-if TYPE_CHECKING:
-    from orchestrator.models import TaskRun
+from django.db import models
+from django.urls import NoReverseMatch, reverse
+
+from orchestrator.conf import conf
 
 # Error text quoted in an alert; the run page in the admin has the whole of it.
 ALERT_ERROR_CHARS = 500
 TEST_EVENT = "test"
+
+
+class Event(models.TextChoices):
+    """What a notification is about (``orchestrator.models.Event`` is this class)."""
+
+    RETRY = "retry", "Retry scheduled"
+    FAILURE = "failure", "Final failure"
+    RECOVERY = "recovery", "Recovery"
+    REPORT = "report", "Failure report"
+
+
+# The events a single run can cause an alert for (a report is about many runs).
+RUN_EVENTS = (Event.RETRY, Event.FAILURE, Event.RECOVERY)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -152,15 +167,11 @@ def message_from_dict(data: dict[str, Any]) -> Message:
 
 def absolute_url(path: str) -> str:
     """``path`` joined to ``ORCHESTRATOR["BASE_URL"]``; just the path when that is not set."""
-    from orchestrator.conf import conf
-
     base = conf.BASE_URL
     return urljoin(base + "/", path.lstrip("/")) if base else path
 
 
 def run_url(run_id: int) -> str:
-    from django.urls import NoReverseMatch, reverse
-
     try:
         path = reverse("admin:orchestrator_taskrun_change", args=[run_id])
     except NoReverseMatch:
@@ -169,37 +180,11 @@ def run_url(run_id: int) -> str:
 
 
 def task_url(task_id: int) -> str:
-    from django.urls import NoReverseMatch, reverse
-
     try:
         path = reverse("admin:orchestrator_scheduledtask_change", args=[task_id])
     except NoReverseMatch:
         return ""
     return absolute_url(path)
-
-
-def alert_from_run(event: str, run: TaskRun) -> Alert:
-    """The alert for ``event`` about ``run`` (its scheduled task and definition are read)."""
-    from orchestrator.conf import conf
-
-    task = run.scheduled_task
-    limit = min(ALERT_ERROR_CHARS, conf.MAX_ERROR_CHARS)
-    return Alert(
-        event=event,
-        task_name=task.name,
-        task_id=task.pk,
-        definition=task.task_definition.name,
-        attempt=run.attempt,
-        max_attempts=run.max_attempts,
-        duration=run.duration.total_seconds() if run.duration is not None else None,
-        queue=run.queue or task.queue or "",
-        error_type=run.error_type or "",
-        error_message=truncate(run.error_message or "", limit),
-        started_at=run.started_at,
-        next_retry_at=run.next_retry_at if event == "retry" else None,
-        run_id=run.pk,
-        run_url=run_url(run.pk) if run.pk else "",
-    )
 
 
 def connection_test_alert() -> Alert:

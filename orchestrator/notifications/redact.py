@@ -19,15 +19,38 @@ MASK = "********"
 _URL = re.compile(r"\b(https?://[^/\s'\"]+)(/[^\s'\",}]*)")
 
 
+# Characters of a secret URL's path kept in clear, so operators can tell two webhooks apart.
+VISIBLE_TAIL = 4
+
+
+def is_url(value: str) -> bool:
+    return "://" in (value or "")
+
+
 def mask_url(url: str) -> str:
-    """``https://hooks.slack.com/services/T0/B0/abcd1234`` -> ``https://hooks.slack.com/…1234``."""
-    parts = urlsplit(url)
+    """A URL safe to show: scheme, host and port, and the last characters of a long path.
+
+    ``https://hooks.slack.com/services/T0/B0/abcd1234`` becomes ``https://hooks.slack.com/…1234``.
+    User info, the query and all but the tail of the path are dropped: a webhook URL carries its
+    credential in the path. The one masker for every page, error and log line; it never raises
+    (an unparsable port is left out rather than failing the page that shows it).
+    """
+    value = (url or "").strip()
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return MASK
     if not parts.scheme or not parts.netloc:
-        return mask_secret(url)
-    tail = url.rstrip("/")[-4:]
+        return mask_secret(value)
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port:
+        host = f"{host}:{port}"
+    path = parts.path.rstrip("/")
+    tail = path[-VISIBLE_TAIL:] if len(path) >= 3 * VISIBLE_TAIL else ""
     return f"{parts.scheme}://{host}/…{tail}"
 
 

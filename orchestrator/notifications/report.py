@@ -13,8 +13,8 @@ from orchestrator.notifications.events import Report, ReportRow, task_url, trunc
 
 _PERIOD = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-FINAL = (TaskRun.Status.SUCCEEDED, TaskRun.Status.FAILED, TaskRun.Status.LOST)
-FAILED = (TaskRun.Status.FAILED, TaskRun.Status.LOST)
+FINAL = TaskRun.OUTCOME_STATUSES
+FAILED = TaskRun.FINAL_FAILURE_STATUSES
 ERRORED = (*FAILED, TaskRun.Status.RETRIED)
 REPORT_ERROR_CHARS = 300
 

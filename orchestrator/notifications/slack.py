@@ -15,7 +15,7 @@ from orchestrator.conf import conf
 from orchestrator.notifications import messages
 from orchestrator.notifications.base import Channel, NotificationError
 from orchestrator.notifications.events import TEST_EVENT, Alert, Message, Report, truncate
-from orchestrator.notifications.redact import mask_url, redact, sdk_logger
+from orchestrator.notifications.redact import redact, sdk_logger
 
 HTTP_TIMEOUT = 10  # seconds per request; the delivery policy bounds the total
 HEADER_CHARS = 150  # Block Kit's limit for a header's text
@@ -218,13 +218,9 @@ class SlackChannel(Channel):
                 }
             )
 
-    @classmethod
-    def mask_target(cls, target: str) -> str:
-        if target.startswith(("https://", "http://")):
-            return mask_url(target)
-        return target
-
-    def _secrets(self) -> list[str]:
+    def secrets(self) -> list[str]:
+        # The bot token always (an error may quote the request); a webhook URL is a credential,
+        # and so is its path, which urllib's errors quote without the host.
         secrets = [conf.SLACK_BOT_TOKEN]
         if self.is_webhook:
             secrets.append(self.target)
@@ -257,14 +253,14 @@ class SlackChannel(Channel):
             raise
         except SlackRequestError as err:
             raise NotificationError(
-                f"Slack request refused before sending: {redact(str(err), self._secrets())}",
+                f"Slack request refused before sending: {redact(str(err), self.secrets())}",
                 permanent=True,
             ) from None
         except (SlackClientError, OSError) as err:
             # URLError, timeouts, refused connections: the network, not the message.
             reason = getattr(err, "reason", None) or err
             raise NotificationError(
-                f"Slack unreachable: {type(err).__name__}: {redact(str(reason), self._secrets())}"
+                f"Slack unreachable: {type(err).__name__}: {redact(str(reason), self.secrets())}"
             ) from None
 
     def _send_webhook(self, payload: dict[str, Any]) -> None:
