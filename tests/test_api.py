@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from orchestrator.api.urls import router
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition, TaskRun
 from tests.integration import conftest as integration
-from tests.utils import make_channel, make_definition, make_run, make_scheduled_task
+from tests.utils import make_channel, make_definition, make_run, make_scheduled_task, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -29,16 +29,6 @@ real_database = integration.real_database
 start_worker = integration.start_worker
 
 HOOK = "https://hooks.slack.com/services/T000/B000/abcdefghijkl"
-
-
-def make_user(username: str, *perms: str) -> User:
-    user = User.objects.create_user(username, password="pw")
-    for perm in perms:
-        app_label, codename = perm.split(".")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename)
-        )
-    return user
 
 
 def client_for(user: User | None) -> APIClient:

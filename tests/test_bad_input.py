@@ -30,8 +30,9 @@ from orchestrator.beat_sync import beat_sync
 from orchestrator.conf import conf
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition, TaskRun
 from orchestrator.notifications import slack
+from orchestrator.notifications.delivery import alert_from_run
 from orchestrator.notifications.email import EmailChannel
-from orchestrator.notifications.events import Report, ReportRow, alert_from_run
+from orchestrator.notifications.events import Report, ReportRow
 from tests.utils import make_channel, make_definition, make_scheduled_task
 
 pytestmark = pytest.mark.django_db
@@ -46,7 +47,6 @@ HYPOTHESIS = settings(
 @pytest.fixture(autouse=True)
 def redis_transport(settings):
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "redis"}
-
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -567,7 +567,7 @@ def huge_failed_run(task: ScheduledTask, monkeypatch: pytest.MonkeyPatch, messag
 
     monkeypatch.setattr(TaskDefinition, "resolve", lambda self: explode)
     # Manual runs: a second scheduled run of the same tick would be dropped as a duplicate.
-    outcome = dispatcher.run_task(task.pk, trigger=TaskRun.Trigger.MANUAL)
+    outcome = dispatcher.run_task(dispatcher.Attempt(task.pk, trigger=TaskRun.Trigger.MANUAL))
     assert outcome.run is not None
     return outcome.run
 
@@ -580,7 +580,7 @@ def test_huge_kwargs_results_and_tracebacks_are_cut_and_every_page_still_renders
         "huge", "tests.sample_tasks.echo", kwargs={"blob": big}, max_retries=0
     )
     # echo returns its 300 kB of kwargs as the result.
-    ok = dispatcher.run_task(task.pk, trigger=TaskRun.Trigger.MANUAL).run
+    ok = dispatcher.run_task(dispatcher.Attempt(task.pk, trigger=TaskRun.Trigger.MANUAL)).run
     assert ok is not None and ok.status == TaskRun.Status.SUCCEEDED
     assert isinstance(ok.result, str) and len(ok.result) <= conf.MAX_RESULT_CHARS
     failed = huge_failed_run(task, monkeypatch, "E" * 100_000)

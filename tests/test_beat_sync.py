@@ -8,13 +8,12 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTas
 
 from orchestrator import beat_sync as beat_sync_module
 from orchestrator.beat_sync import (
-    DISPATCH_TASK_NAME,
     MAINTENANCE_NAME,
-    MAINTENANCE_TASK_NAME,
     beat_sync,
     periodic_task_name,
 )
 from orchestrator.models import ScheduledTask
+from orchestrator.task_names import RUN_MAINTENANCE, RUN_SCHEDULED_TASK
 from tests.utils import make_definition, make_scheduled_task
 
 pytestmark = pytest.mark.django_db
@@ -44,7 +43,7 @@ def test_saving_a_task_writes_its_periodic_task():
     )
     periodic = periodic_of(task)
     assert task.periodic_task_id == periodic.pk  # the saved instance is linked at once
-    assert periodic.task == DISPATCH_TASK_NAME
+    assert periodic.task == RUN_SCHEDULED_TASK
     assert json.loads(periodic.args) == [task.pk]
     assert json.loads(periodic.kwargs) == {}
     assert periodic.enabled is True
@@ -163,7 +162,7 @@ def test_deleting_a_task_deletes_only_its_own_periodic_task():
 def test_full_sync_removes_owned_rows_whose_task_is_gone_and_nothing_else():
     crontab = CrontabSchedule.objects.create(minute="2")
     stale = PeriodicTask.objects.create(
-        name=periodic_task_name(999_999), task=DISPATCH_TASK_NAME, crontab=crontab
+        name=periodic_task_name(999_999), task=RUN_SCHEDULED_TASK, crontab=crontab
     )
     lookalike = PeriodicTask.objects.create(
         name=periodic_task_name(999_998), task="not.ours", crontab=crontab
@@ -278,7 +277,7 @@ def test_a_full_sync_creates_the_maintenance_entry_every_minute_in_utc():
     report = beat_sync()
     assert report.created == 1
     entry = maintenance_entry()
-    assert entry.task == MAINTENANCE_TASK_NAME == "orchestrator.run_maintenance"
+    assert entry.task == RUN_MAINTENANCE == "orchestrator.run_maintenance"
     assert (json.loads(entry.args), json.loads(entry.kwargs)) == ([], {})
     assert entry.enabled is True
     assert (entry.queue, entry.priority, entry.expire_seconds) == (None, None, None)

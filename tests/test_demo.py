@@ -2,7 +2,9 @@
 
 The launcher tests start the real thing as a subprocess: migrations on a fresh SQLite file in a
 temporary DEMO_DIR, kombu's filesystem broker, runserver, a Celery worker and beat. They need no
-external service, so they are not marked ``integration``; only the Redis variant is.
+external service, but they start real processes and take most of a minute each, so they are
+marked ``integration`` like the other tests of real processes (``-m "not integration"`` is the
+quick unit run).
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ needs_proc = pytest.mark.skipif(
 )
 
 
+@pytest.mark.integration
 def test_check_mode_runs_a_scheduled_task_end_to_end(launch: Callable[..., Demo]) -> None:
     demo = launch("--check", DEMO_CHECK_TIMEOUT="90")
 
@@ -184,6 +187,7 @@ def test_check_mode_with_redis_sends_native_priorities(
     assert priorities["Search index rebuild"] == 7
 
 
+@pytest.mark.integration
 @needs_proc
 def test_ctrl_c_stops_every_process_and_a_restart_keeps_data_and_password(
     launch: Callable[..., Demo], tmp_path: Path
@@ -208,6 +212,7 @@ def test_ctrl_c_stops_every_process_and_a_restart_keeps_data_and_password(
     assert "Login:     admin / (the one you set)" in second.output()
 
 
+@pytest.mark.integration
 @needs_proc
 def test_the_demo_keeps_running_when_its_output_is_closed(tmp_path: Path) -> None:
     env = demo_env(tmp_path / "demo")
@@ -278,6 +283,7 @@ def _change_admin_password(demo_dir: Path) -> None:
     )
 
 
+@pytest.mark.integration
 @needs_proc
 def test_a_child_that_dies_stops_the_others_and_exits_non_zero(
     launch: Callable[..., Demo],
@@ -294,6 +300,7 @@ def test_a_child_that_dies_stops_the_others_and_exits_non_zero(
     assert demo.leftovers() == []
 
 
+@pytest.mark.integration
 def test_a_busy_port_is_reported_before_anything_starts(
     launch: Callable[..., Demo],
 ) -> None:

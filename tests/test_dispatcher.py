@@ -11,13 +11,15 @@ from unittest import mock
 
 import pytest
 from django.conf import settings
+from django.db import OperationalError, connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from freezegun import freeze_time
 
-from orchestrator import dispatcher, signals
-from orchestrator.dispatcher import Action, json_safe_result, run_task, truncate
-from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun
+from orchestrator import dispatcher, reconnect, signals
+from orchestrator.dispatcher import Action, Attempt, run_task
+from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun, TaskState
 from tests.utils import make_run, make_scheduled_task
 
 pytestmark = pytest.mark.django_db
@@ -76,7 +78,7 @@ def test_a_successful_attempt_records_the_run_and_passes_kwargs(sent: list) -> N
         "echo", "tests.sample_tasks.echo", kwargs={"days": 7, "who": "ops"}, priority=7, queue="q1"
     )
     outcome = run_task(
-        task.pk, trigger="manual", celery_task_id="abc", worker="w1@host", queue="q1"
+        Attempt(task.pk, trigger="manual", celery_task_id="abc", worker="w1@host", queue="q1")
     )
 
     assert outcome.action is Action.DONE
@@ -98,12 +100,31 @@ def test_a_successful_attempt_costs_three_queries(
     from_beat: bool, only_our_receivers: None, django_assert_num_queries: Any
 ) -> None:
     task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1, "b": 2})
-    make_run(task, status=TaskRun.Status.FAILED)
+    make_run(task, status=TaskRun.Status.SUCCEEDED)
 
-    with django_assert_num_queries(3):  # load with the previous status, insert, update
-        outcome = run_task(task.pk, from_beat=from_beat)
+    with django_assert_num_queries(3):  # load with the task's state, insert, update
+        outcome = run_task(Attempt(task.pk, from_beat=from_beat))
 
     assert outcome.run is not None and outcome.run.result == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_recovery_writes_the_task_state_with_the_run_in_one_transaction(
+    only_our_receivers: None,
+) -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1, "b": 2})
+    make_run(task, status=TaskRun.Status.FAILED)
+
+    with CaptureQueriesContext(connection) as queries:
+        run_task(Attempt(task.pk))
+
+    # Load with the previous final status, insert, then the run and the state in one
+    # transaction (SQLite's explicit BEGIN and COMMIT are its own statements).
+    statements = [q["sql"].split()[0] for q in queries.captured_queries]
+    statements = [verb for verb in statements if verb not in ("BEGIN", "COMMIT")]
+    assert statements == ["SELECT", "INSERT", "UPDATE", "UPDATE"]
+    state = TaskState.objects.get(pk=task.pk)
+    assert (state.last_final_status, state.consecutive_failures) == ("succeeded", 0)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -116,16 +137,16 @@ def test_a_success_after_a_success_costs_three_queries_with_alerts_connected(
     make_run(task, status=TaskRun.Status.SUCCEEDED)
 
     with django_assert_num_queries(3):
-        run_task(task.pk, trigger="manual")
+        run_task(Attempt(task.pk, trigger="manual"))
 
 
 @freeze_time("2026-03-01 12:07:30")
 def test_a_run_sent_by_beat_records_the_tick_it_belongs_to() -> None:
     task = make_scheduled_task("every-5", "tests.sample_tasks.noop", cron="*/5 * * * *")
 
-    from_beat = run_task(task.pk, from_beat=True).run
-    hand_sent = run_task(task.pk).run
-    manual = run_task(task.pk, trigger="manual").run
+    from_beat = run_task(Attempt(task.pk, from_beat=True)).run
+    hand_sent = run_task(Attempt(task.pk)).run
+    manual = run_task(Attempt(task.pk, trigger="manual")).run
 
     assert from_beat is not None and hand_sent is not None and manual is not None
     assert from_beat.scheduled_for == dt.datetime(2026, 3, 1, 12, 5, tzinfo=dt.UTC)
@@ -149,8 +170,8 @@ def test_a_second_message_for_the_same_tick_is_dropped_without_calling(
     )
     tick = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
-    first = run_task(task.pk, celery_task_id="beat-1", scheduled_for=tick)
-    second = run_task(task.pk, celery_task_id="beat-2", scheduled_for=tick)
+    first = run_task(Attempt(task.pk, celery_task_id="beat-1", scheduled_for=tick))
+    second = run_task(Attempt(task.pk, celery_task_id="beat-2", scheduled_for=tick))
 
     assert first.action is Action.DONE
     assert second.action is Action.DROP
@@ -159,8 +180,11 @@ def test_a_second_message_for_the_same_tick_is_dropped_without_calling(
     assert TaskRun.objects.get().celery_task_id == "beat-1"
     assert "already has a run; dropping this duplicate (Celery id beat-2)" in caplog.text
     # Another attempt, or another tick, is not a duplicate.
-    assert run_task(task.pk, attempt=2, scheduled_for=tick).action is Action.DONE
-    assert run_task(task.pk, scheduled_for=tick + dt.timedelta(minutes=1)).action is Action.DONE
+    assert run_task(Attempt(task.pk, number=2, scheduled_for=tick)).action is Action.DONE
+    assert (
+        run_task(Attempt(task.pk, scheduled_for=tick + dt.timedelta(minutes=1))).action
+        is Action.DONE
+    )
 
 
 def test_a_message_redelivered_after_its_worker_died_runs_the_tick_again() -> None:
@@ -168,14 +192,14 @@ def test_a_message_redelivered_after_its_worker_died_runs_the_tick_again() -> No
     tick = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
     make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c1", scheduled_for=tick)
 
-    outcome = run_task(task.pk, celery_task_id="c1", redelivered=True, scheduled_for=tick)
+    outcome = run_task(Attempt(task.pk, celery_task_id="c1", redelivered=True, scheduled_for=tick))
 
     assert outcome.action is Action.DONE
     assert sorted(TaskRun.objects.values_list("status", flat=True)) == ["lost", "succeeded"]
 
 
 def test_a_run_of_a_deleted_task_is_dropped_without_a_trace(caplog: Any) -> None:
-    outcome = run_task(987654)
+    outcome = run_task(Attempt(987654))
     assert outcome.action is Action.DROP
     assert outcome.run is None
     assert not TaskRun.objects.exists()
@@ -193,7 +217,7 @@ def test_a_disabled_task_or_definition_is_skipped_and_never_called(
         TaskDefinition.objects.filter(pk=task.task_definition_id).update(enabled=False)
 
     with mock.patch("tests.sample_tasks.add") as add:
-        outcome = run_task(task.pk)
+        outcome = run_task(Attempt(task.pk))
 
     add.assert_not_called()
     assert outcome.action is Action.DONE
@@ -214,7 +238,7 @@ def test_an_import_path_edited_in_the_database_to_os_system_never_runs(
     ScheduledTask.objects.filter(pk=task.pk).update(kwargs={"command": f"touch {marker}"})
 
     with mock.patch("os.system") as system:
-        outcome = run_task(task.pk, attempt=1)
+        outcome = run_task(Attempt(task.pk, number=1))
 
     system.assert_not_called()
     assert not marker.exists()
@@ -232,7 +256,7 @@ def test_a_function_an_allowed_module_merely_reexports_is_refused_at_run_time() 
     TaskDefinition.objects.filter(pk=task.task_definition_id).update(
         import_path="tests.sample_tasks.system"
     )
-    run = run_task(task.pk).run
+    run = run_task(Attempt(task.pk)).run
     assert run is not None and run.status == TaskRun.Status.FAILED
     assert "not an allowed module" in run.error_message
 
@@ -241,7 +265,7 @@ def test_kwargs_that_no_longer_fit_the_function_fail_without_retry() -> None:
     task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1}, max_retries=5)
     ScheduledTask.objects.filter(pk=task.pk).update(kwargs={"a": 1, "c": 2})
 
-    outcome = run_task(task.pk)
+    outcome = run_task(Attempt(task.pk))
 
     assert outcome.action is Action.DONE
     assert outcome.run is not None and outcome.run.status == TaskRun.Status.FAILED
@@ -267,7 +291,7 @@ def test_a_row_edited_around_validation_fails_clearly_without_running(
     )
     ScheduledTask.objects.filter(pk=task.pk).update(**edit)
 
-    outcome = run_task(task.pk)
+    outcome = run_task(Attempt(task.pk))
 
     assert not log.exists()  # never called
     assert outcome.action is Action.DONE
@@ -288,7 +312,7 @@ def test_a_failed_attempt_is_retried_with_the_policy_delay(sent: list) -> None:
         retry_delay=10,
     )
 
-    outcome = run_task(task.pk, attempt=1)
+    outcome = run_task(Attempt(task.pk, number=1))
 
     assert outcome.action is Action.RETRY
     assert (outcome.countdown, outcome.max_retries) == (10.0, 2)
@@ -314,7 +338,7 @@ def test_exponential_backoff_gives_the_delay_table_and_the_last_attempt_fails() 
         retry_backoff_max=15,
     )
 
-    outcomes = [run_task(task.pk, attempt=n) for n in (1, 2, 3, 4)]
+    outcomes = [run_task(Attempt(task.pk, number=n)) for n in (1, 2, 3, 4)]
 
     assert [o.action for o in outcomes] == [Action.RETRY] * 3 + [Action.DONE]
     assert [o.countdown for o in outcomes[:3]] == [5.0, 10.0, 15.0]  # capped at 15
@@ -332,18 +356,18 @@ def test_an_admin_edit_between_attempts_applies_to_the_next_attempt() -> None:
     task = make_scheduled_task(
         "fails", "tests.sample_tasks.always_fails", max_retries=3, retry_backoff="fixed"
     )
-    assert run_task(task.pk, attempt=1).countdown == 60.0
+    assert run_task(Attempt(task.pk, number=1)).countdown == 60.0
 
     task.refresh_from_db()
     task.retry_delay = 5
     task.full_clean()
     task.save()
-    assert run_task(task.pk, attempt=2).countdown == 5.0
+    assert run_task(Attempt(task.pk, number=2)).countdown == 5.0
 
     task.max_retries = 2
     task.full_clean()
     task.save()
-    last = run_task(task.pk, attempt=3)
+    last = run_task(Attempt(task.pk, number=3))
     assert last.action is Action.DONE
     assert last.run is not None
     assert (last.run.status, last.run.max_attempts) == (TaskRun.Status.FAILED, 3)
@@ -351,7 +375,7 @@ def test_an_admin_edit_between_attempts_applies_to_the_next_attempt() -> None:
 
 def test_a_task_without_retries_fails_at_the_first_error(sent: list) -> None:
     task = make_scheduled_task("fails", "tests.sample_tasks.always_fails", max_retries=0)
-    outcome = run_task(task.pk)
+    outcome = run_task(Attempt(task.pk))
     assert outcome.action is Action.DONE
     assert sent == [("task_failed", "failed", "failed")]
 
@@ -361,7 +385,7 @@ def test_long_error_messages_and_tracebacks_are_truncated() -> None:
         "fails", "tests.sample_tasks.always_fails", kwargs={"message": "x" * 500}, max_retries=0
     )
     with orchestrator_settings(MAX_ERROR_CHARS=100, MAX_TRACEBACK_CHARS=120):
-        run = run_task(task.pk).run
+        run = run_task(Attempt(task.pk)).run
 
     assert run is not None
     assert len(run.error_message) == 100
@@ -376,45 +400,13 @@ def test_long_error_messages_and_tracebacks_are_truncated() -> None:
 def test_a_long_result_is_stored_as_truncated_json_text() -> None:
     task = make_scheduled_task("echo", "tests.sample_tasks.echo", kwargs={"text": "y" * 500})
     with orchestrator_settings(MAX_RESULT_CHARS=80):
-        run = run_task(task.pk).run
+        run = run_task(Attempt(task.pk)).run
 
     assert run is not None
     run.refresh_from_db()
     assert isinstance(run.result, str)
     assert len(run.result) == 80
     assert run.result.startswith('{"text": "yyy')
-
-
-@pytest.mark.parametrize(
-    ("value", "stored"),
-    [
-        (None, None),
-        ((1, "a"), [1, "a"]),
-        ({"when": dt.date(2026, 1, 2)}, {"when": "2026-01-02"}),
-        (float("nan"), "nan"),
-        ({1, 2}, "{1, 2}"),
-        ("nul\x00byte", "'nul\\x00byte'"),
-    ],
-)
-def test_results_are_made_json_safe(value: Any, stored: Any) -> None:
-    assert json_safe_result(value, 1000) == stored
-
-
-@pytest.mark.parametrize(
-    ("text", "limit", "keep", "expected"),
-    [
-        ("short", 10, "head", "short"),
-        ("a" * 40, 30, "head", "a" * 9 + "… [31 characters cut]"),
-        ("a" * 30 + "END", 30, "tail", "… [24 characters cut]" + "a" * 6 + "END"),
-        ("abcdef", 3, "head", "abc"),
-        ("abcdef", 0, "head", ""),
-    ],
-)
-def test_truncate_keeps_within_the_limit_and_says_how_much_was_cut(
-    text: str, limit: int, keep: str, expected: str
-) -> None:
-    assert truncate(text, limit, keep=keep) == expected
-    assert len(truncate(text, limit, keep=keep)) <= max(limit, 0)
 
 
 def test_a_receiver_that_raises_is_logged_and_changes_nothing(
@@ -427,7 +419,7 @@ def test_a_receiver_that_raises_is_logged_and_changes_nothing(
     try:
         task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 2})
         with caplog.at_level(logging.ERROR, logger="orchestrator.dispatcher"):
-            outcome = run_task(task.pk)
+            outcome = run_task(Attempt(task.pk))
     finally:
         signals.task_succeeded.disconnect(broken)
 
@@ -445,7 +437,7 @@ def test_a_raising_retry_receiver_does_not_stop_the_retry(only_our_receivers: No
     signals.task_retrying.connect(broken, weak=False)
     try:
         task = make_scheduled_task("fails", "tests.sample_tasks.always_fails", max_retries=1)
-        outcome = run_task(task.pk)
+        outcome = run_task(Attempt(task.pk))
     finally:
         signals.task_retrying.disconnect(broken)
     assert outcome.action is Action.RETRY
@@ -457,8 +449,8 @@ def test_the_first_success_after_a_final_failure_is_a_recovery(sent: list) -> No
     make_run(task, status=TaskRun.Status.FAILED, started_at=NOW - dt.timedelta(hours=1))
     make_run(task, status=TaskRun.Status.SKIPPED, started_at=NOW - dt.timedelta(minutes=30))
 
-    run_task(task.pk, trigger="manual")
-    run_task(task.pk, trigger="manual")
+    run_task(Attempt(task.pk, trigger="manual"))
+    run_task(Attempt(task.pk, trigger="manual"))
 
     assert sent == [
         ("task_succeeded", "succeeded", "succeeded"),
@@ -471,7 +463,7 @@ def test_a_success_after_a_time_limit_kill_is_a_recovery(sent: list) -> None:
     task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
     make_run(task, status=TaskRun.Status.LOST, error_type="TimeLimitExceeded")
 
-    run_task(task.pk)
+    run_task(Attempt(task.pk))
 
     assert [name for name, *_ in sent] == ["task_succeeded", "task_recovered"]
 
@@ -484,7 +476,7 @@ def test_a_success_after_a_redelivered_or_revoked_attempt_is_not_a_recovery(
     make_run(task, status=TaskRun.Status.SUCCEEDED, started_at=NOW - dt.timedelta(hours=1))
     make_run(task, status=TaskRun.Status.LOST, error_type=error_type)
 
-    run_task(task.pk)
+    run_task(Attempt(task.pk))
 
     assert [name for name, *_ in sent] == ["task_succeeded"]
 
@@ -494,7 +486,7 @@ def test_a_success_after_retries_only_is_not_a_recovery(sent: list) -> None:
     make_run(task, status=TaskRun.Status.SUCCEEDED, started_at=NOW - dt.timedelta(hours=1))
     make_run(task, status=TaskRun.Status.RETRIED, started_at=NOW - dt.timedelta(minutes=1))
 
-    run_task(task.pk, attempt=2)
+    run_task(Attempt(task.pk, number=2))
 
     assert sent == [("task_succeeded", "succeeded", "succeeded")]
 
@@ -503,7 +495,7 @@ def test_a_redelivered_attempt_marks_the_dead_workers_row_lost() -> None:
     task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
     orphan = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c1")
 
-    run_task(task.pk, celery_task_id="c1", redelivered=True)
+    run_task(Attempt(task.pk, celery_task_id="c1", redelivered=True))
 
     orphan.refresh_from_db()
     assert orphan.status == TaskRun.Status.LOST
@@ -557,30 +549,10 @@ def test_run_now_goes_through_enqueue_with_defaults_left_to_celery() -> None:
     )
 
 
-def test_a_task_without_priority_gets_the_projects_default_priority(settings) -> None:
-    from celery import current_app
-
-    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "redis"}
-    task = make_scheduled_task("plain")
-    urgent = make_scheduled_task("urgent", priority=9)
-    saved = current_app.conf.task_default_priority
-    current_app.conf.task_default_priority = 5
-    try:
-        assert dispatcher.message_options(task)["priority"] == 5
-        assert dispatcher.message_options(urgent)["priority"] == 0  # Redis: 0 is most urgent
-    finally:
-        current_app.conf.task_default_priority = saved
-
-
-def test_a_retry_expires_counting_from_when_it_is_due() -> None:
-    task = make_scheduled_task(expires=30)
-    assert dispatcher.message_options(task, countdown=120)["expires"] == 150
-
-
 def test_timestamps_come_from_the_clock_in_use() -> None:
     task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
     ticks = iter([NOW, NOW + dt.timedelta(seconds=3)])
-    run = run_task(task.pk, trigger="manual", now=lambda: next(ticks)).run
+    run = run_task(Attempt(task.pk, trigger="manual"), now=lambda: next(ticks)).run
     assert run is not None
     assert (run.started_at, run.duration) == (NOW, dt.timedelta(seconds=3))
     assert run.started_at <= timezone.now()
@@ -601,7 +573,7 @@ def test_a_message_delivered_again_after_its_attempt_finished_is_dropped_uncalle
     )
     done = make_run(task, status=finished, celery_task_id="c1", trigger="manual")
 
-    outcome = run_task(task.pk, trigger="manual", celery_task_id="c1", redelivered=True)
+    outcome = run_task(Attempt(task.pk, trigger="manual", celery_task_id="c1", redelivered=True))
 
     assert outcome.action is Action.DROP
     assert not log.exists()
@@ -616,7 +588,7 @@ def test_a_beat_message_delivered_again_in_a_later_tick_does_not_run_again() -> 
 
     # Redis gives an unacknowledged message back after its visibility timeout: ticks later.
     with freeze_time(tick + dt.timedelta(minutes=5, seconds=7)):
-        outcome = run_task(task.pk, celery_task_id="c1", redelivered=True, from_beat=True)
+        outcome = run_task(Attempt(task.pk, celery_task_id="c1", redelivered=True, from_beat=True))
 
     assert outcome.action is Action.DROP
     assert TaskRun.objects.count() == 1
@@ -626,7 +598,7 @@ def test_a_message_delivered_again_runs_only_the_attempt_it_carries() -> None:
     task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
     make_run(task, status=TaskRun.Status.RETRIED, celery_task_id="c1", attempt=1)
 
-    outcome = run_task(task.pk, attempt=2, celery_task_id="c1", redelivered=True)
+    outcome = run_task(Attempt(task.pk, number=2, celery_task_id="c1", redelivered=True))
 
     assert outcome.action is Action.DONE
     assert outcome.run is not None and outcome.run.attempt == 2
@@ -638,7 +610,7 @@ def test_an_attempt_delivered_again_keeps_the_tick_its_dead_worker_ran_it_for() 
     orphan = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="c1", scheduled_for=tick)
 
     with freeze_time(tick + dt.timedelta(minutes=5)):
-        outcome = run_task(task.pk, celery_task_id="c1", redelivered=True, from_beat=True)
+        outcome = run_task(Attempt(task.pk, celery_task_id="c1", redelivered=True, from_beat=True))
 
     orphan.refresh_from_db()
     assert orphan.status == TaskRun.Status.LOST
@@ -649,7 +621,7 @@ def test_an_attempt_delivered_again_keeps_the_tick_its_dead_worker_ran_it_for() 
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The reconnect delays, recorded instead of slept."""
     slept: list[float] = []
-    monkeypatch.setattr(dispatcher, "_sleep", slept.append)
+    monkeypatch.setattr(reconnect, "sleep", slept.append)
     return slept
 
 
@@ -664,7 +636,7 @@ def failing_saves(monkeypatch: pytest.MonkeyPatch, fail: Any) -> list[int]:
     def save(self: TaskRun, *args: Any, **kwargs: Any) -> None:
         calls.append(len(calls) + 1)
         if fail(len(calls)):
-            raise dispatcher.OperationalError("terminating connection due to administrator command")
+            raise OperationalError("terminating connection due to administrator command")
         real_save(self, *args, **kwargs)
 
     monkeypatch.setattr(TaskRun, "save", save)
@@ -687,10 +659,8 @@ def test_a_history_write_on_a_dropped_connection_is_logged_and_written_again(
     )
     failing_saves(monkeypatch, lambda n: n == failing_call)
 
-    with mock.patch.object(
-        dispatcher.connection, "close", wraps=dispatcher.connection.close
-    ) as close:
-        outcome = run_task(task.pk, trigger="manual", celery_task_id="c1")
+    with mock.patch.object(connection, "close", wraps=connection.close) as close:
+        outcome = run_task(Attempt(task.pk, trigger="manual", celery_task_id="c1"))
 
     assert outcome.run is not None
     assert TaskRun.objects.get().status == TaskRun.Status.SUCCEEDED
@@ -718,12 +688,12 @@ def test_an_insert_the_server_committed_before_the_connection_dropped_is_not_mad
         real_save(self, *args, **kwargs)
         calls.append(1)
         if len(calls) == 1:  # written, but the answer never came back
-            raise dispatcher.OperationalError("server closed the connection unexpectedly")
+            raise OperationalError("server closed the connection unexpectedly")
 
     monkeypatch.setattr(TaskRun, "save", save)
     tick = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
-    outcome = run_task(task.pk, celery_task_id="c1", scheduled_for=tick)
+    outcome = run_task(Attempt(task.pk, celery_task_id="c1", scheduled_for=tick))
 
     assert outcome.action is Action.DONE
     assert log.read_text() == "ran\n"  # not mistaken for another beat's run of the tick
@@ -738,7 +708,7 @@ def test_an_outcome_that_cannot_be_written_is_logged_with_what_it_was(
     task = make_scheduled_task("fails", "tests.sample_tasks.always_fails", max_retries=0)
     failing_saves(monkeypatch, lambda n: n > 1)
 
-    outcome = run_task(task.pk, celery_task_id="c1")
+    outcome = run_task(Attempt(task.pk, celery_task_id="c1"))
 
     # Every try is logged, backing off; the last line says what the row would have said.
     assert sleeps == [0.5, 1.0, 2.0, 4.0]
@@ -764,8 +734,8 @@ def test_a_run_that_cannot_be_recorded_at_all_never_calls_the_function(
     )
     failing_saves(monkeypatch, lambda n: True)
 
-    with pytest.raises(dispatcher.OperationalError):
-        run_task(task.pk, celery_task_id="c1")
+    with pytest.raises(OperationalError):
+        run_task(Attempt(task.pk, celery_task_id="c1"))
 
     assert not log.exists()
     assert len(sleeps) == 4
@@ -781,8 +751,8 @@ def test_inside_a_callers_transaction_a_dropped_connection_is_not_retried(
     task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
     calls = failing_saves(monkeypatch, lambda n: n == 1)
 
-    with pytest.raises(dispatcher.OperationalError):
-        run_task(task.pk)
+    with pytest.raises(OperationalError):
+        run_task(Attempt(task.pk))
 
     assert (calls, sleeps) == ([1], [])
 
@@ -799,7 +769,7 @@ def test_recording_a_sent_retry_survives_a_dropped_connection(
     def update(self: Any, **kwargs: Any) -> int:
         calls.append(1)
         if len(calls) == 1:
-            raise dispatcher.OperationalError("terminating connection due to administrator command")
+            raise OperationalError("terminating connection due to administrator command")
         return real_update(self, **kwargs)
 
     monkeypatch.setattr(type(TaskRun.objects.all()), "update", update)

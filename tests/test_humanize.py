@@ -31,3 +31,16 @@ def test_durations_read_like_people_write_them(seconds, text):
 
 def test_the_missing_marker_is_the_callers_choice():
     assert format_duration(None, missing="unknown") == "unknown"
+
+
+def test_a_retry_schedule_is_worded_the_same_for_every_page():
+    from orchestrator.humanize import retry_schedule
+    from orchestrator.policies.retry import RetryPolicy
+
+    schedule = retry_schedule(RetryPolicy(max_retries=4, delay=60), shown=2)
+    assert (schedule.delays, schedule.more, schedule.last) == (("1 min", "2 min"), 2, "8 min")
+    assert schedule.summary == (
+        "1 min → 2 min → … 2 more, the last after 8 min (4 retries, 5 attempts at most)"
+    )
+    none = retry_schedule(RetryPolicy(max_retries=0), shown=5)
+    assert none.summary == "No retries: the first failure is final."

@@ -14,7 +14,6 @@ from freezegun import freeze_time
 
 from orchestrator import maintenance, signals
 from orchestrator.maintenance import (
-    REQUEUED_PREFIX,
     STUCK,
     MaintenanceReport,
     mark_stuck_runs,
@@ -342,10 +341,10 @@ def test_a_time_limit_lowered_mid_run_does_not_make_the_run_stuck(failed_signals
 
 
 def test_a_run_records_the_time_limit_in_force_when_it_started() -> None:
-    from orchestrator.dispatcher import run_task
+    from orchestrator.dispatcher import Attempt, run_task
 
     task = make_scheduled_task("limited", time_limit=45)
-    outcome = run_task(task.pk, trigger="manual")
+    outcome = run_task(Attempt(task.pk, trigger="manual"))
     assert outcome.run is not None and outcome.run.time_limit == 45
 
 
@@ -457,7 +456,7 @@ def test_an_alert_pending_five_minutes_is_queued_again_once(
     )
     delivery.refresh_from_db()
     assert delivery.status == NotificationDelivery.Status.PENDING
-    assert delivery.error.startswith(f"{REQUEUED_PREFIX}{NOW.isoformat()}: ")
+    assert (delivery.requeued_at, delivery.error) == (NOW, "")
 
 
 def test_an_alert_abandoned_mid_send_is_marked_failed_after_an_hour(queued) -> None:
@@ -491,9 +490,7 @@ def test_a_younger_pending_alert_is_left_to_its_own_message(queued) -> None:
 
 def test_a_requeued_alert_still_pending_five_minutes_later_is_marked_failed(queued) -> None:
     requeued_at = NOW - dt.timedelta(minutes=5)
-    delivery = pending_delivery(
-        minutes_ago=30, error=f"{REQUEUED_PREFIX}{requeued_at.isoformat()}: note"
-    )
+    delivery = pending_delivery(minutes_ago=30, requeued_at=requeued_at)
     assert requeue_stale_deliveries(now=at(NOW - dt.timedelta(seconds=1))).changed is False
 
     report = requeue_stale_deliveries(now=at())

@@ -29,7 +29,8 @@ from orchestrator.models import (
     TaskRun,
 )
 from orchestrator.notifications import delivery as service
-from orchestrator.notifications.events import alert_from_run, connection_test_alert
+from orchestrator.notifications.delivery import alert_from_run
+from orchestrator.notifications.events import connection_test_alert
 from orchestrator.notifications.redact import RedactingFilter
 from orchestrator.notifications.slack import SlackChannel
 from tests.support.fake_slack import API_PATH, WEBHOOK_PATH, FakeSlack, Reply
@@ -40,7 +41,6 @@ pytestmark = pytest.mark.django_db
 ALLOWED = ("tests.sample_tasks", "orchestrator.builtin_tasks")
 KWARGS_SECRET = "kw-s3cr3t-4f1c9e"
 WEBHOOK_SECRET = "s3cr3tW3bh00kT0k3n"  # the last part of tests.support.fake_slack.WEBHOOK_PATH
-
 
 
 # --- the allow-list ------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def test_a_raw_database_edit_to_an_escape_never_runs(path: str, tmp_path: Path) 
     TaskDefinition.objects.filter(pk=task.task_definition_id).update(import_path=path)
     ScheduledTask.objects.filter(pk=task.pk).update(kwargs={"command": f"touch {proof}"})
 
-    outcome = dispatcher.run_task(task.pk)
+    outcome = dispatcher.run_task(dispatcher.Attempt(task.pk))
 
     assert outcome.action is dispatcher.Action.DONE  # refused for good, never retried
     assert outcome.run is not None
@@ -135,7 +135,7 @@ def test_a_raw_database_edit_to_an_escape_never_runs(path: str, tmp_path: Path) 
 def test_narrowing_the_allow_list_stops_saved_definitions_at_run_time(settings) -> None:
     task = make_scheduled_task("was-allowed", "tests.sample_tasks.noop")
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "ALLOWED_TASK_MODULES": ["billing"]}
-    run = dispatcher.run_task(task.pk).run
+    run = dispatcher.run_task(dispatcher.Attempt(task.pk)).run
     assert run is not None and run.status == TaskRun.Status.FAILED
     assert "not allowed" in run.error_message
 
@@ -193,7 +193,7 @@ def test_a_failing_run_with_every_channel_leaks_no_secret(
     slack_settings.script(WEBHOOK_PATH, Reply(500, "oops"))  # one retry of the webhook, logged
 
     for attempt in (1, 2):  # a retry, then the final failure
-        run = dispatcher.run_task(task.pk, attempt=attempt).run
+        run = dispatcher.run_task(dispatcher.Attempt(task.pk, number=attempt)).run
         assert run is not None
         for delivery in NotificationDelivery.objects.filter(task_run=run, status="pending"):
             service.deliver(
@@ -313,7 +313,7 @@ def test_the_send_test_action_reports_errors_without_the_secret(
 
 def test_kwargs_never_reach_list_pages_searches_or_alerts(admin_web: Client, api: APIClient):
     task = make_scheduled_task("report", "tests.sample_tasks.echo", kwargs={"token": KWARGS_SECRET})
-    run = dispatcher.run_task(task.pk).run
+    run = dispatcher.run_task(dispatcher.Attempt(task.pk)).run
     assert run is not None
     for url in (
         reverse("admin:orchestrator_scheduledtask_changelist"),
@@ -381,7 +381,7 @@ def test_markup_in_names_and_errors_is_escaped_on_every_page_and_in_slack(
         raise error_class(f"{XSS} <!everyone> <@U123>")
 
     monkeypatch.setattr(TaskDefinition, "resolve", lambda self: explode)
-    run = dispatcher.run_task(task.pk, trigger=TaskRun.Trigger.MANUAL).run
+    run = dispatcher.run_task(dispatcher.Attempt(task.pk, trigger=TaskRun.Trigger.MANUAL)).run
     assert run is not None and run.status == TaskRun.Status.FAILED
 
     for url in (

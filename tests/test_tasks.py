@@ -221,10 +221,10 @@ def test_a_retry_exactly_at_the_broker_limit_still_goes_through_the_broker() -> 
 
 
 def test_the_maintenance_task_is_registered_under_the_name_beat_sync_schedules() -> None:
-    from orchestrator.beat_sync import MAINTENANCE_TASK_NAME
+    from orchestrator.task_names import RUN_MAINTENANCE
     from orchestrator.tasks import run_maintenance
 
-    assert run_maintenance.name == MAINTENANCE_TASK_NAME == "orchestrator.run_maintenance"
+    assert run_maintenance.name == RUN_MAINTENANCE == "orchestrator.run_maintenance"
     assert run_maintenance.apply().get() == {
         "retries_sent": 0,
         "retries_already_run": 0,

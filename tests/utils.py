@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition, TaskRun
+from django.contrib.auth.models import Permission, User
+
+from orchestrator.models import (
+    NotificationChannel,
+    ScheduledTask,
+    TaskDefinition,
+    TaskRun,
+    TaskState,
+)
 
 
 def make_definition(
@@ -42,9 +50,24 @@ def make_scheduled_task(
 
 
 def make_run(task: ScheduledTask, **fields: Any) -> TaskRun:
+    """A history row, written straight; the task's state follows the history, as the
+    dispatcher keeps it."""
     values: dict[str, Any] = {"status": TaskRun.Status.SUCCEEDED, "attempt": 1}
     values.update(fields)
-    return TaskRun.objects.create(scheduled_task=task, **values)
+    run = TaskRun.objects.create(scheduled_task=task, **values)
+    TaskState.objects.rebuild(task.pk)
+    return run
+
+
+def make_user(username: str, *perms: str, is_staff: bool = False) -> User:
+    """A user holding ``perms`` ("app_label.codename"), with the password "pw"."""
+    user = User.objects.create_user(username, password="pw", is_staff=is_staff)
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    return user
 
 
 def make_channel(
@@ -54,3 +77,8 @@ def make_channel(
     channel.full_clean()
     channel.save()
     return channel
+
+
+def make_staff_user(username: str, *perms: str, is_staff: bool = True) -> User:
+    """:func:`make_user`, staff by default (the dashboard and the admin want staff)."""
+    return make_user(username, *perms, is_staff=is_staff)

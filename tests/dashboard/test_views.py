@@ -8,31 +8,20 @@ from typing import Any
 
 import pytest
 from django.contrib import admin
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from orchestrator import charts
-from orchestrator.dashboard.display import mask_channel_target, mask_target
 from orchestrator.models import ScheduledTask, TaskRun
 from tests.utils import make_channel, make_definition, make_run, make_scheduled_task
+from tests.utils import make_staff_user as make_user
 
 pytestmark = pytest.mark.django_db
 
 DASHBOARD = reverse("orchestrator:dashboard")
-
-
-def make_user(username: str, *perms: str, is_staff: bool = True) -> User:
-    user = User.objects.create_user(username, password="pw", is_staff=is_staff)
-    for perm in perms:
-        app_label, codename = perm.split(".")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename)
-        )
-    return user
 
 
 def client_for(user: User | None, **kwargs: Any) -> Client:
@@ -408,48 +397,6 @@ def test_detail_links_to_the_admin(task: ScheduledTask, admin_client_: Client) -
 
 def test_unknown_task_is_404(admin_client_: Client) -> None:
     assert admin_client_.get(reverse("orchestrator:task-detail", args=[999999])).status_code == 404
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("target", "shown"),
-    [
-        ("https://hooks.slack.com/services/T0/B0/abcdefgh1234", "https://hooks.slack.com/…/1234"),
-        ("https://user:secret@example.com:8443/hook?token=abc", "https://example.com:8443/…"),
-        ("#ops-alerts", "#ops-alerts"),
-        ("ops@example.com, oncall@example.com", "ops@example.com, oncall@example.com"),
-    ],
-)
-def test_mask_target_hides_urls_but_not_channel_names(target: str, shown: str) -> None:
-    assert mask_target(target) == shown
-
-
-def test_channel_kinds_that_mask_nothing_still_get_urls_masked() -> None:
-    from orchestrator.models import NotificationChannel
-
-    custom = NotificationChannel(kind="teams", target="https://example.com/webhook/s3cr3t-token")
-    assert mask_channel_target(custom) == "https://example.com/…/oken"
-    slack = NotificationChannel(
-        kind="slack", target="https://hooks.slack.com/services/T/B/abcd1234"
-    )
-    assert mask_channel_target(slack) == "https://hooks.slack.com/…1234"  # as the admin shows it
-    email = NotificationChannel(kind="email", target="ops@example.com")
-    assert mask_channel_target(email) == "ops@example.com"
-
-
-def test_charts_escape_their_labels_and_draw_one_bar_per_run() -> None:
-    now = timezone.now()
-    points = [
-        charts.RunPoint("succeeded", now, 2.0, label="<b>ok</b>"),
-        charts.RunPoint("failed", now, None, label="Failed"),
-    ]
-    svg = charts.sparkline(points)
-    assert svg.count("<rect") == 2
-    assert "<b>" not in svg and "&lt;b&gt;ok&lt;/b&gt;" in svg
-    assert charts.STATUS_COLOURS["failed"] in svg
-    assert "No runs yet" in charts.duration_chart([])
 
 
 # --- query counts ------------------------------------------------------------------------------

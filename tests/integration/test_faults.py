@@ -27,8 +27,9 @@ from django_celery_beat.models import PeriodicTask, PeriodicTasks
 
 import tests.celery_app  # noqa: F401  (makes the test project's app current for enqueue())
 from orchestrator.beat_sync import periodic_task_name
-from orchestrator.dispatcher import enqueue, message_options
+from orchestrator.dispatcher import enqueue
 from orchestrator.models import ScheduledTask, TaskRun
+from orchestrator.routing import message_options
 from orchestrator.tasks import run_scheduled_task
 from tests.celery_app import app
 from tests.integration.conftest import CeleryProcess, wait_until

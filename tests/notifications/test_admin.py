@@ -108,7 +108,7 @@ def test_the_delivery_log_is_read_only(admin_client):
         scheduled_task=task,
         event="failure",
         status="suppressed",
-        error="Suppressed: cooldown of 900s",
+        suppressed_reason="cooldown of 900s",
     )
     listing = admin_client.get(reverse("admin:orchestrator_notificationdelivery_changelist"))
     assert listing.status_code == 200

@@ -1,5 +1,7 @@
 import logging
 
+import pytest
+
 from orchestrator.notifications.redact import (
     MASK,
     RedactingFilter,
@@ -15,6 +17,19 @@ def test_webhook_urls_keep_only_scheme_host_and_last_four_characters():
         "https://hooks.slack.com/…1234"
     )
     assert mask_url("http://127.0.0.1:8080/services/x/y/zzzz9876/") == "http://127.0.0.1:8080/…9876"
+
+
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [
+        ("https://hooks.slack.com/services/T0/B0/abcdefgh1234", "https://hooks.slack.com/…1234"),
+        ("https://user:secret@example.com:8443/hook?token=abc", "https://example.com:8443/…"),
+        ("https://hooks.slack.com:99999/services/T0/B0/abcd1234", "https://hooks.slack.com/…1234"),
+        ("https://hooks.slack.com:xx/services/T0/B0/abcd1234", "https://hooks.slack.com/…1234"),
+    ],
+)
+def test_urls_lose_user_info_query_and_all_but_the_tail_of_their_path(target, shown):
+    assert mask_url(target) == shown
 
 
 def test_short_secrets_are_masked_entirely():

@@ -4,7 +4,6 @@ from django.core.exceptions import ValidationError
 from orchestrator.models import NotificationChannel
 from orchestrator.notifications.email import EmailChannel
 from orchestrator.notifications.registry import (
-    CHANNELS,
     UnknownChannelKind,
     channel_class,
     get_channel,
@@ -25,11 +24,22 @@ def test_unknown_kinds_say_which_exist():
         channel_class("pager")
 
 
-def test_model_choices_follow_the_registry(monkeypatch):
+def test_model_choices_follow_the_registry(settings):
     field = NotificationChannel._meta.get_field("kind")
     assert list(field.choices) == kind_choices() == [("slack", "Slack"), ("email", "Email")]
-    monkeypatch.setitem(CHANNELS, "teams", ("Microsoft Teams", "x.Teams"))
-    assert ("teams", "Microsoft Teams") in kind_choices()
+    settings.ORCHESTRATOR = {
+        **settings.ORCHESTRATOR,
+        "CHANNEL_KINDS": {"test": "orchestrator.notifications.testing.TestChannel"},
+    }
+    assert kind_choices()[-1] == ("test", "Test (in-memory outbox)")
+    assert [kind for kind, _ in field.choices] == ["slack", "email", "test"]
+
+
+def test_a_kind_that_cannot_be_imported_is_listed_by_its_name(settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "CHANNEL_KINDS": {"teams": "x.Teams"}}
+    assert ("teams", "teams") in kind_choices()
+    with pytest.raises(ImportError):
+        channel_class("teams")
 
 
 @pytest.mark.django_db
