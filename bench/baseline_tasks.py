@@ -1,8 +1,16 @@
 """What the dispatch benchmark loads into its worker (``--include bench.baseline_tasks``).
 
-* ``bench.baseline_run``: the hand-written task that the dispatcher is compared with. It does
-  the least a scheduled run needs: read the ScheduledTask row, call the function, write one
-  history row.
+The hand-written tasks the dispatcher is compared with:
+
+* ``bench.durable_run``: the like-for-like baseline. It issues the statements the dispatcher
+  issues for a successful run: read the ScheduledTask row, insert a ``running`` history row
+  before calling the function (so a run in progress, or one whose worker died, is visible),
+  update it at the end.
+* ``bench.baseline_run``: the least a scheduled run needs: read the row, call the function,
+  insert one finished history row.
+
+Each is a plain function too (``durable_run_once``, ``minimal_run_once``), which the in-process
+table calls directly.
 * A statement counter: task_prerun/task_postrun handlers wrap the database connection of the
   pool process with ``execute_wrapper`` and log one ``bench-sql`` line per task. Only this
   bench-only module connects them, so orchestrator/ carries no benchmark code.
@@ -19,16 +27,16 @@ from celery import Task, shared_task
 from celery.signals import task_postrun, task_prerun
 
 BASELINE_TASK = "bench.baseline_run"
+DURABLE_TASK = "bench.durable_run"
 DISPATCHER_TASK = "orchestrator.run_scheduled_task"
-COUNTED_TASKS = frozenset({BASELINE_TASK, DISPATCHER_TASK})
+COUNTED_TASKS = frozenset({BASELINE_TASK, DURABLE_TASK, DISPATCHER_TASK})
 LOG_MARK = "bench-sql"
 _TABLE = re.compile(r'(?:FROM|INTO|UPDATE)\s+"([^"]+)"', re.IGNORECASE)
 
 logger = logging.getLogger("bench.sql")
 
 
-@shared_task(bind=True, name=BASELINE_TASK)
-def baseline_run(self: Task, scheduled_task_id: int) -> int:
+def minimal_run_once(scheduled_task_id: int, celery_task_id: str = "", worker: str = "") -> int:
     """Run a scheduled task the hand-written way: two statements, no policy, no signals."""
     # Imported here: the worker imports --include modules before Django's apps are ready.
     from django.utils import timezone
@@ -46,10 +54,44 @@ def baseline_run(self: Task, scheduled_task_id: int) -> int:
         started_at=started,
         finished_at=finished,
         duration=finished - started,
-        celery_task_id=self.request.id or "",
-        worker=self.request.hostname or "",
+        celery_task_id=celery_task_id,
+        worker=worker,
     )
     return run.pk
+
+
+def durable_run_once(scheduled_task_id: int, celery_task_id: str = "", worker: str = "") -> int:
+    """Run a scheduled task the hand-written way, durably: the dispatcher's three statements
+    (read the row, insert a running row first, update it at the end), nothing else."""
+    from django.utils import timezone
+
+    from orchestrator.models import ScheduledTask, TaskRun
+    from tests.sample_tasks import noop
+
+    task = ScheduledTask.objects.get(pk=scheduled_task_id)
+    run = TaskRun.objects.create(
+        scheduled_task=task,
+        status=TaskRun.Status.RUNNING,
+        started_at=timezone.now(),
+        celery_task_id=celery_task_id,
+        worker=worker,
+    )
+    noop(**task.kwargs)
+    run.finished_at = timezone.now()
+    run.duration = run.finished_at - run.started_at
+    run.status = TaskRun.Status.SUCCEEDED
+    run.save(update_fields=["status", "finished_at", "duration"])
+    return run.pk
+
+
+@shared_task(bind=True, name=BASELINE_TASK)
+def baseline_run(self: Task, scheduled_task_id: int) -> int:
+    return minimal_run_once(scheduled_task_id, self.request.id or "", self.request.hostname or "")
+
+
+@shared_task(bind=True, name=DURABLE_TASK)
+def durable_run(self: Task, scheduled_task_id: int) -> int:
+    return durable_run_once(scheduled_task_id, self.request.id or "", self.request.hostname or "")
 
 
 class _Counter:

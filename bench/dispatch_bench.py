@@ -14,11 +14,19 @@ counted.
 from __future__ import annotations
 
 import statistics
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-from bench.baseline_tasks import BASELINE_TASK, DISPATCHER_TASK, parse_counts
+from bench.baseline_tasks import (
+    BASELINE_TASK,
+    DISPATCHER_TASK,
+    DURABLE_TASK,
+    durable_run_once,
+    minimal_run_once,
+    parse_counts,
+)
 from bench.env import table
 from bench.processes import Worker
 from tests.support.processes import purge_queues, wait_until
@@ -27,7 +35,8 @@ IDLE_QUEUE = "bench-idle"
 WARM_UP = 50  # runs of each kind before measuring: imports, first connections, caches
 LABELS = {
     DISPATCHER_TASK: "orchestrator.run_scheduled_task",
-    BASELINE_TASK: "hand-written @shared_task",
+    DURABLE_TASK: "hand-written, durable (same 3 statements)",
+    BASELINE_TASK: "hand-written, minimal (2 statements)",
 }
 
 
@@ -104,7 +113,7 @@ def _run_block(
 
 @dataclass(frozen=True)
 class Setup:
-    """One worker and what it runs: ``runs`` of the dispatcher and ``baseline_runs`` of the
+    """One worker and what it runs: ``runs`` of the dispatcher and ``baseline_runs`` of each
     hand-written task, split over ``rounds`` alternating blocks."""
 
     concurrency: int
@@ -125,10 +134,12 @@ def measure(db_name: str, setup: Setup) -> tuple[dict[str, Tally], list[int]]:
     suffix = f"c{setup.concurrency}{'p' if setup.persistent_connections else ''}"
     tasks = {
         DISPATCHER_TASK: _scheduled_task(f"bench-dispatch-{suffix}"),
+        DURABLE_TASK: _scheduled_task(f"bench-durable-{suffix}"),
         BASELINE_TASK: _scheduled_task(f"bench-baseline-{suffix}"),
     }
     per_block = {
         DISPATCHER_TASK: setup.runs // setup.rounds,
+        DURABLE_TASK: setup.baseline_runs // setup.rounds,
         BASELINE_TASK: setup.baseline_runs // setup.rounds,
     }
     tallies = {name: Tally() for name in tasks}
@@ -179,12 +190,13 @@ def run(setups: list[Setup]) -> str:
         memory.append(
             f"- worker {setup.label}: "
             + ", ".join(f"{kib / 1024:.1f}" for kib in rss)
-            + f" ({setup.runs // setup.rounds:,} + {setup.baseline_runs // setup.rounds:,} runs"
-            " per round)"
+            + f" ({setup.runs // setup.rounds:,} + 2 x {setup.baseline_runs // setup.rounds:,}"
+            " runs per round)"
         )
         for name, tally in tallies.items():
             sequences[name].update(tally.sequences)
-        baseline = tallies[BASELINE_TASK].per_second
+        durable = tallies[DURABLE_TASK].per_second
+        minimal = tallies[BASELINE_TASK].per_second
         for name, tally in tallies.items():
             rows.append(
                 [
@@ -192,7 +204,8 @@ def run(setups: list[Setup]) -> str:
                     LABELS[name],
                     tally.runs,
                     f"{tally.per_second:,.1f}",
-                    f"{tally.per_second / baseline:.2f}" if baseline else "-",
+                    _ratio(tally.per_second, durable),
+                    _ratio(tally.per_second, minimal),
                     _statements(tally.statements),
                     f"{tally.rss_growth_kib / 1024:+.1f}",
                 ]
@@ -209,7 +222,8 @@ def run(setups: list[Setup]) -> str:
                 "task",
                 "runs",
                 "runs/s",
-                "vs hand-written",
+                "vs durable (target ≥ 0.9)",
+                "vs minimal",
                 "SQL statements per successful attempt (target ≤ 3)",
                 "pool RSS growth MiB",
             ],
@@ -222,20 +236,87 @@ def run(setups: list[Setup]) -> str:
     )
 
 
+def _ratio(rate: float, baseline: float) -> str:
+    return f"{rate / baseline:.2f}" if baseline else "-"
+
+
+def in_process(runs: int, rounds: int) -> str:
+    """The same three kinds called in this process, no broker: the dispatcher's own cost.
+
+    Alternating blocks of ``runs`` calls each, on one persistent connection; the median block
+    gives the time per call.
+    """
+    from orchestrator.dispatcher import Attempt, run_task
+
+    kinds = {
+        DISPATCHER_TASK: _scheduled_task("bench-inprocess-dispatch"),
+        DURABLE_TASK: _scheduled_task("bench-inprocess-durable"),
+        BASELINE_TASK: _scheduled_task("bench-inprocess-minimal"),
+    }
+    calls = {
+        DISPATCHER_TASK: lambda pk: run_task(Attempt(pk, celery_task_id="in-process")),
+        DURABLE_TASK: lambda pk: durable_run_once(pk, "in-process"),
+        BASELINE_TASK: lambda pk: minimal_run_once(pk, "in-process"),
+    }
+    per_call: dict[str, list[float]] = {name: [] for name in kinds}
+    for round_number in range(rounds + 1):
+        for name, pk in kinds.items():
+            call = calls[name]
+            started = time.perf_counter()
+            for _ in range(runs):
+                call(pk)
+            if round_number:  # the first round warms up imports, caches and the connection
+                per_call[name].append((time.perf_counter() - started) / runs)
+    durable = 1 / statistics.median(per_call[DURABLE_TASK])
+    minimal = 1 / statistics.median(per_call[BASELINE_TASK])
+    rows = []
+    for name, seconds in per_call.items():
+        rate = 1 / statistics.median(seconds)
+        rows.append(
+            [
+                LABELS[name],
+                runs * rounds,
+                f"{statistics.median(seconds) * 1000:.2f}",
+                f"{rate:,.0f}",
+                _ratio(rate, durable),
+                _ratio(rate, minimal),
+            ]
+        )
+    return table(
+        [
+            "in-process call",
+            "runs",
+            "ms per run (median block)",
+            "runs/s",
+            "vs durable",
+            "vs minimal",
+        ],
+        rows,
+    )
+
+
 def main(smoke: bool) -> str:
     if smoke:
-        return run([Setup(concurrency=2, runs=200, baseline_runs=100, rounds=2, warm_up=10)])
-    return run(
-        [
-            # Django's default: a new connection per task. The dispatcher's 10,000 runs give
-            # the memory growth; fewer hand-written runs suffice for the rate.
-            Setup(concurrency=2, runs=10_000, baseline_runs=2_000, rounds=5),
-            Setup(
-                concurrency=1,
-                runs=1_000,
-                baseline_runs=1_000,
-                rounds=4,
-                persistent_connections=True,
-            ),
-        ]
+        return (
+            in_process(runs=50, rounds=2)
+            + "\n\n"
+            + run([Setup(concurrency=2, runs=200, baseline_runs=100, rounds=2, warm_up=10)])
+        )
+    return (
+        in_process(runs=500, rounds=10)
+        + "\n\n"
+        + run(
+            [
+                # Django's default: a new connection per task. The dispatcher's 10,000 runs give
+                # the memory growth; fewer hand-written runs suffice for the rate.
+                Setup(concurrency=2, runs=10_000, baseline_runs=2_000, rounds=5),
+                Setup(
+                    concurrency=1,
+                    runs=1_000,
+                    baseline_runs=1_000,
+                    rounds=4,
+                    persistent_connections=True,
+                ),
+            ]
+        )
     )

@@ -6,6 +6,7 @@ row edited straight in the database is held to the same rule as one saved throug
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
@@ -91,13 +92,24 @@ def resolve(import_path: str, allowed_modules: Iterable[str]) -> Callable[..., A
     return target
 
 
+@functools.lru_cache(maxsize=1024)
+def _parameters(func: Callable[..., Any]) -> tuple[inspect.Parameter, ...] | None:
+    # inspect.signature() is slow, and the dispatcher checks every run's kwargs: a function's
+    # signature does not change while the process runs.
+    try:
+        return tuple(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return None  # some builtins have no signature
+
+
 def check_kwargs(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
     """Raise CallableError when ``func(**kwargs)`` would fail for its signature."""
     try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):
-        return  # some builtins have no signature: nothing to check against
-    parameters = signature.parameters.values()
+        parameters = _parameters(func)
+    except TypeError:  # an unhashable callable: inspect it every time
+        parameters = _parameters.__wrapped__(func)
+    if parameters is None:
+        return  # nothing to check against
     takes_var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
     named = {
         p.name: p
