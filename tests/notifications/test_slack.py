@@ -349,6 +349,9 @@ def test_an_unreachable_slack_is_a_transient_error_without_the_url(fake_slack):
     assert "unreachable" in str(info.value)
 
 
+# A real socket timing out on a server that answers late: it waits on the clock, so it runs
+# with the tests of real processes.
+@pytest.mark.integration
 def test_a_timeout_is_transient(fake_slack, monkeypatch):
     monkeypatch.setattr("orchestrator.notifications.slack.HTTP_TIMEOUT", 0.2)
     fake_slack.script(WEBHOOK_PATH, Reply(200, "ok", delay=1.0))
