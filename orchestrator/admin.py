@@ -19,21 +19,23 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from auditlog.mixins import AuditlogHistoryAdminMixin
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import widgets as admin_widgets
 from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, QuerySet, Subquery
-from django.forms.fields import InvalidJSONInput
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.timesince import timeuntil
 
-from orchestrator import beat_sync, operations
+from orchestrator import beat_sync, history, operations
+from orchestrator.forms import ExceptionNamesField, KwargsFormField, PauseForm
 from orchestrator.humanize import format_duration, retry_schedule
 from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun
 from orchestrator.policies.retry import BackoffKind
@@ -51,6 +53,8 @@ STATUS_COLOURS = {
     TaskRun.Status.FAILED: "#c62828",
     TaskRun.Status.SKIPPED: "#6b6b6b",
     TaskRun.Status.LOST: "#8e24aa",
+    TaskRun.Status.QUEUED: "#2271b1",
+    TaskRun.Status.CANCELLED: "#6b6b6b",
 }
 
 
@@ -107,11 +111,34 @@ class TimezoneInput(forms.TextInput):
         return super().render(name, value, attrs, renderer) + datalist
 
 
+class HistoryAdminMixin(AuditlogHistoryAdminMixin):
+    """Every change made through this admin is recorded in the change history as the user's,
+    from the admin; the change form's History button opens the object's change history."""
+
+    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        with history.changes_by(request.user, history.Source.ADMIN):
+            return super().changeform_view(request, *args, **kwargs)
+
+    def changelist_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        # List-editable saves and actions are made here.
+        with history.changes_by(request.user, history.Source.ADMIN):
+            return super().changelist_view(request, *args, **kwargs)
+
+    def delete_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        with history.changes_by(request.user, history.Source.ADMIN):
+            return super().delete_view(request, *args, **kwargs)
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        return self.auditlog_history_view(request, object_id, extra_context)
+
+
 # --- Task definitions -------------------------------------------------------------------------
 
 
 @admin.register(TaskDefinition)
-class TaskDefinitionAdmin(admin.ModelAdmin):
+class TaskDefinitionAdmin(HistoryAdminMixin, admin.ModelAdmin):
     list_display = ["name", "import_path", "category", "enabled", "scheduled_task_count"]
     list_filter = ["category", "enabled"]
     search_fields = ["name", "import_path", "category", "description"]
@@ -277,41 +304,14 @@ class ScheduledTaskChangeListForm(forms.ModelForm):
         }
 
 
-class KwargsFormField(forms.JSONField):
-    """Django's JSONField, made safe for the kwargs column.
-
-    * JSON nested past Python's recursion limit is a form error: ``json.loads`` raises
-      RecursionError (not JSONDecodeError), which Django's field lets through as a server error,
-      both when cleaning and when showing the form again.
-    * An emptied box means no arguments (``{}``), and ``null`` is refused: Django's field turns
-      both into None, which the model's validators skip and the NOT NULL column refuses (a 500).
-    """
-
-    def to_python(self, value: Any) -> Any:
-        try:
-            converted = super().to_python(value)
-        except RecursionError:
-            raise ValidationError(
-                "This JSON is nested too deeply; flatten the keyword arguments.",
-                code="invalid",
-            ) from None
-        if converted is None:
-            if value in self.empty_values:
-                return {}
-            raise ValidationError(
-                'Enter a JSON object of keyword arguments, such as {"days": 7}; got null.',
-                code="invalid",
-            )
-        return converted
-
-    def bound_data(self, data: Any, initial: Any) -> Any:
-        try:
-            return super().bound_data(data, initial)
-        except RecursionError:
-            return InvalidJSONInput(data)
-
-
 class ScheduledTaskForm(forms.ModelForm):
+    retry_on = ExceptionNamesField(
+        label="retry on", help_text=ScheduledTask._meta.get_field("retry_on").help_text
+    )
+    never_retry_on = ExceptionNamesField(
+        label="never retry on", help_text=ScheduledTask._meta.get_field("never_retry_on").help_text
+    )
+
     class Meta:
         model = ScheduledTask
         field_classes = {"kwargs": KwargsFormField}
@@ -324,6 +324,13 @@ class ScheduledTaskForm(forms.ModelForm):
             "description",
             "kwargs",
             *POLICY_FIELDS,
+            "retry_on",
+            "never_retry_on",
+            "overlap",
+            "pause_after_failures",
+            "paused",
+            "pause_reason",
+            "paused_until",
             "notification_channels",
         ]
         widgets = {
@@ -333,7 +340,7 @@ class ScheduledTaskForm(forms.ModelForm):
 
 
 @admin.register(ScheduledTask)
-class ScheduledTaskAdmin(admin.ModelAdmin):
+class ScheduledTaskAdmin(HistoryAdminMixin, admin.ModelAdmin):
     form = ScheduledTaskForm
     list_display = [
         "name",
@@ -354,6 +361,7 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
     list_editable = LIST_EDITABLE
     list_filter = [
         "enabled",
+        "paused",
         LastRunStatusFilter,
         "task_definition__category",
         "task_definition",
@@ -408,7 +416,24 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
                     "retry_jitter",
                     "time_limit",
                     "retry_schedule",
+                    "retry_on",
+                    "never_retry_on",
                 ]
+            },
+        ),
+        (
+            "Runs and pauses",
+            {
+                "fields": [
+                    "overlap",
+                    "pause_after_failures",
+                    "paused",
+                    "pause_reason",
+                    "paused_until",
+                ],
+                "description": "A paused task keeps its schedule; each run is recorded as skipped "
+                "with the reason, without alerts, until it resumes (by itself at the end, or "
+                "with the Resume action).",
             },
         ),
         ("Routing", {"fields": ["priority", "queue", "expires"]}),
@@ -416,7 +441,7 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
         ("Timestamps", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
     inlines = [RecentRunsInline]
-    actions = ["run_now", "enable", "disable", "sync_to_beat"]
+    actions = ["run_now", "enable", "disable", "pause", "resume", "sync_to_beat"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ScheduledTask]:
         # The latest run's status and time as two correlated subqueries: one SQL statement for the
@@ -548,6 +573,45 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
     def disable(self, request: HttpRequest, queryset: QuerySet[ScheduledTask]) -> None:
         self._set_enabled(request, queryset, enabled=False)
 
+    @admin.action(description="Pause (one reason for all)", permissions=["change"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[ScheduledTask]) -> Any:
+        """Ask for the reason (and end) on a page of its own, then pause every selected task."""
+        form = PauseForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            try:
+                count = operations.pause(
+                    queryset, form.cleaned_data["reason"], form.cleaned_data["until"], request.user
+                )
+            except ValidationError as err:
+                for messages_of_field in err.message_dict.values():
+                    for message in messages_of_field:
+                        form.add_error(None, message)
+            else:
+                self.message_user(
+                    request,
+                    f"Paused {count} scheduled task{'s' if count != 1 else ''}.",
+                    messages.SUCCESS,
+                )
+                return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Pause scheduled tasks",
+            "form": form,
+            "tasks": queryset,
+            "opts": self.model._meta,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/orchestrator/scheduledtask/pause.html", context)
+
+    @admin.action(description="Resume", permissions=["change"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[ScheduledTask]) -> None:
+        count = operations.resume(queryset, request.user)
+        self.message_user(
+            request,
+            f"Resumed {count} scheduled task{'s' if count != 1 else ''}.",
+            messages.SUCCESS,
+        )
+
     @admin.action(description="Sync to beat", permissions=["change"])
     def sync_to_beat(self, request: HttpRequest, queryset: QuerySet[ScheduledTask]) -> None:
         pks = list(queryset.values_list("pk", flat=True))
@@ -604,7 +668,10 @@ class ScheduledTaskAdmin(admin.ModelAdmin):
 
 @admin.register(TaskRun)
 class TaskRunAdmin(admin.ModelAdmin):
-    """The run history: written by the dispatcher only, so it can be viewed, never edited."""
+    """The run history: written by the dispatcher only, so it can be viewed, never edited (an
+    operator may cancel a run that has not finished)."""
+
+    actions = ["cancel_runs"]
 
     list_display = [
         "scheduled_task",
@@ -647,6 +714,11 @@ class TaskRunAdmin(admin.ModelAdmin):
                     "duration_text",
                     "next_retry_at",
                     "retry_sent_at",
+                    "task_version",
+                    "triggered_by",
+                    "kwargs_override",
+                    "cancelled_by",
+                    "note",
                 ]
             },
         ),
@@ -670,6 +742,27 @@ class TaskRunAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        """Cancelling needs ``orchestrator.run_scheduledtask``, like running."""
+        return request.user.has_perm(f"{self.opts.app_label}.run_scheduledtask")
+
+    @admin.action(description="Cancel (queued, running or waiting to retry)", permissions=["run"])
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
+        cancelled = [run for run in queryset if run.cancel(user=request.user)]
+        skipped = queryset.count() - len(cancelled)
+        if cancelled:
+            self.message_user(
+                request,
+                f"Cancelled {len(cancelled)} run{'s' if len(cancelled) != 1 else ''}.",
+                messages.SUCCESS,
+            )
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} selected run{'s' if skipped != 1 else ''} had already finished.",
+                messages.WARNING,
+            )
 
     @admin.display(description="status", ordering="status")
     def status_label(self, obj: TaskRun) -> SafeString | str:

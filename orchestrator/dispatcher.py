@@ -23,13 +23,14 @@ from typing import Any
 
 from celery.result import AsyncResult
 from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import F
 from django.dispatch import Signal
 from django.utils import timezone
 
-from orchestrator import callables, cron, signals
+from orchestrator import callables, cron, history, signals
 from orchestrator.conf import conf
 from orchestrator.models import ScheduledTask, TaskRun, TaskState
-from orchestrator.policies.retry import RetryPolicy
+from orchestrator.policies.retry import RetryPolicy, exception_names
 from orchestrator.prepared import PreparedGet
 from orchestrator.reconnect import CONNECTION_ERRORS, with_reconnect
 from orchestrator.routing import message_options, send_task_message
@@ -49,7 +50,9 @@ class Attempt:
     the run belongs to: orchestrator's scheduler stamps it on the first attempt and retries carry
     it. ``from_beat`` says another beat scheduler sent it without one, so the tick is worked out
     from the worker's clock. ``redelivered`` says the broker delivered it again after a worker
-    died.
+    died. A manual run carries the ``queued`` row written when it was sent (``run_id``), the
+    arguments that replace the task's for this run (``kwargs_override``) and who sent it
+    (``triggered_by``, a user id); its retries carry the last two.
     """
 
     scheduled_task_id: int
@@ -61,6 +64,9 @@ class Attempt:
     redelivered: bool = False
     scheduled_for: dt.datetime | None = None
     from_beat: bool = False
+    run_id: int | None = None
+    kwargs_override: dict[str, Any] | None = None
+    triggered_by: int | None = None
 
 
 class Action(enum.StrEnum):
@@ -99,14 +105,18 @@ class InvalidTaskError(Exception):
 def run_task(attempt: Attempt, *, now: Now = timezone.now) -> RunOutcome:
     """Run ``attempt`` and record it; say what the Celery task does next.
 
-    * The task no longer exists, or this tick's attempt already has a run (a second beat, a
-      message delivered again after its run was recorded): nothing is called, ``Action.DROP``.
-    * The task or its definition is disabled: a ``skipped`` run, ``task_skipped``.
+    * The task no longer exists, this tick's attempt already has a run (a second beat, a
+      message delivered again after its run was recorded), or the run was cancelled before it
+      started: nothing is called, ``Action.DROP``.
+    * The task or its definition is disabled, or the task is paused: a ``skipped`` run,
+      ``task_skipped``. With ``overlap="skip"``, so is a run that arrives while another runs.
     * The allow-list refuses the import path (checked again now), the kwargs do not fit the
       function or the policy fields are invalid: a ``failed`` run saying why, ``task_failed``.
     * Otherwise a ``running`` row is written, ``func(**kwargs)`` is called and the row updated:
       ``succeeded`` (``task_succeeded``; ``task_recovered`` after a final failure), ``retried``
-      (``task_retrying``, ``Action.RETRY``) or ``failed`` (``task_failed``).
+      (``task_retrying``, ``Action.RETRY``) or ``failed`` (``task_failed``; an exception rule
+      may make it final at once, and ``pause_after_failures`` final failures in a row pause
+      the task, ``task_paused``). A run cancelled while it ran keeps ``cancelled``.
 
     A successful attempt costs three statements (load, insert, update); signals are sent after
     the row is written.
@@ -125,14 +135,14 @@ def run_task(attempt: Attempt, *, now: Now = timezone.now) -> RunOutcome:
         return RunOutcome(Action.DROP)
     try:
         tick = _tick_of(attempt, task, now)
-    except _AlreadyRan:
+    except _NotToRun:
         return RunOutcome(Action.DROP, scheduled_task=task)
     record = _Record(task, attempt, tick, now)
 
-    if reason := _skip_reason(task):
+    if reason := _skip_reason(task, now):
         return record.without_call(TaskRun.Status.SKIPPED, reason, signals.task_skipped)
     try:
-        func, policy = _prepare(task)
+        func, kwargs, policy = _prepare(task, attempt)
     except (callables.CallableError, InvalidTaskError) as err:
         # A configuration error: retrying cannot fix it, so it is final at once.
         path = task.task_definition.import_path
@@ -142,10 +152,10 @@ def run_task(attempt: Attempt, *, now: Now = timezone.now) -> RunOutcome:
         )
 
     run = record.start(policy)
-    if run is None:
-        return RunOutcome(Action.DROP, scheduled_task=task)
+    if run is None or run.status != TaskRun.Status.RUNNING:  # a duplicate, or not its turn
+        return RunOutcome(Action.DROP if run is None else Action.DONE, run, task)
     try:
-        value = func(**task.kwargs)
+        value = func(**kwargs)
     except Exception as exc:  # the function's failure is data for the run, not ours to raise
         return _failed(run, task, policy, exc, traceback.format_exc(), now)
     return _succeeded(run, task, value, now)
@@ -170,20 +180,30 @@ def current_tick(task: ScheduledTask, at: dt.datetime) -> dt.datetime | None:
 
 # --- which tick, and whether to run at all ------------------------------------------------------
 
-class _AlreadyRan(Exception):
-    """This attempt was delivered again after it had finished: it must not run twice."""
+class _NotToRun(Exception):
+    """This attempt must not run: it finished before (a redelivery), or it was cancelled."""
 
 
 def _tick_of(attempt: Attempt, task: ScheduledTask, now: Now) -> dt.datetime | None:
-    """The schedule tick of this attempt; raise :class:`_AlreadyRan` for a finished one.
+    """The schedule tick of this attempt; raise :class:`_NotToRun` for one that must not run.
 
     A message the broker delivered again after its worker died: the ``running`` row the dead
     worker left is marked ``lost`` and the attempt runs again in the tick it ran for, unless it
     had finished (the worker died between writing the outcome and acknowledging the message).
     A first attempt sent by a beat that stamps no tick (django-celery-beat's own scheduler) is
     placed by the worker's clock, so the clocks of beat and the workers must agree (NTP).
-    Runs sent any other way (run_now, the API) have no tick and no guard.
+    Runs sent any other way (run_now, the API) have no tick and no guard. A retry whose run was
+    cancelled meanwhile does not run (one query, for retries only: the broker may still hold
+    its message, and Celery's revoke is forgotten by a worker that restarts).
     """
+    if attempt.number > 1 and attempt.celery_task_id and _retry_cancelled(attempt):
+        logger.info(
+            "Task %r attempt %s was cancelled before it started; dropping it (Celery id %s)",
+            task.name,
+            attempt.number,
+            attempt.celery_task_id,
+        )
+        raise _NotToRun
     tick = attempt.scheduled_for
     if attempt.redelivered and attempt.celery_task_id:
         earlier = _take_over_redelivered(task, attempt, now)
@@ -198,13 +218,21 @@ def _tick_of(attempt: Attempt, task: ScheduledTask, now: Now) -> dt.datetime | N
                 finished.pk,
                 attempt.celery_task_id,
             )
-            raise _AlreadyRan
+            raise _NotToRun
         tick = tick or next((r.scheduled_for for r in earlier if r.scheduled_for), None)
     if tick is None and attempt.from_beat and attempt.number == 1:
         # A beat message that waited in the broker past the next tick counts as that tick:
         # missed ticks are coalesced, as cron does, rather than run in a burst.
         tick = current_tick(task, now())
     return tick
+
+
+def _retry_cancelled(attempt: Attempt) -> bool:
+    return TaskRun.objects.filter(
+        celery_task_id=attempt.celery_task_id,
+        attempt=attempt.number - 1,
+        status=TaskRun.Status.CANCELLED,
+    ).exists()
 
 
 def _take_over_redelivered(task: ScheduledTask, attempt: Attempt, now: Now) -> list[TaskRun]:
@@ -229,27 +257,31 @@ def _take_over_redelivered(task: ScheduledTask, attempt: Attempt, now: Now) -> l
     )
 
 
-def _skip_reason(task: ScheduledTask) -> str:
+def _skip_reason(task: ScheduledTask, now: Now) -> str:
     if not task.enabled:
         return f"Skipped: scheduled task {task.name!r} is disabled."
     if not task.task_definition.enabled:
         return f"Skipped: task definition {task.task_definition.name!r} is disabled."
+    if task.paused and task.is_paused(now()):
+        return f"paused: {task.pause_reason}"
     return ""
 
 
-def _prepare(task: ScheduledTask) -> tuple[Callable[..., Any], RetryPolicy]:
-    """The function to call and the retry policy in force; raise when the row cannot run."""
+def _prepare(
+    task: ScheduledTask, attempt: Attempt
+) -> tuple[Callable[..., Any], dict[str, Any], RetryPolicy]:
+    """The function, its kwargs (the run's own, or the task's) and the retry policy in force;
+    raise when the row cannot run."""
     try:
         policy = task.retry_policy()
     except ValueError as err:  # a policy field edited in the database to a value it refuses
         raise InvalidTaskError(f"its retry policy is invalid: {err}") from None
     func = task.task_definition.resolve()
-    if not isinstance(task.kwargs, dict):
-        raise InvalidTaskError(
-            f"kwargs must be a JSON object, not a JSON {type(task.kwargs).__name__}."
-        )
-    callables.check_kwargs(func, task.kwargs)
-    return func, policy
+    kwargs = task.kwargs if attempt.kwargs_override is None else attempt.kwargs_override
+    if not isinstance(kwargs, dict):
+        raise InvalidTaskError(f"kwargs must be a JSON object, not a JSON {type(kwargs).__name__}.")
+    callables.check_kwargs(func, kwargs)
+    return func, kwargs, policy
 
 
 # --- writing the history ------------------------------------------------------------------------
@@ -275,34 +307,117 @@ class _Record:
             "time_limit": task.time_limit,
             "scheduled_for": tick,
             "tick_key": TaskRun.make_tick_key(task.pk, tick, attempt.number),
+            "kwargs_override": attempt.kwargs_override,
+            "triggered_by_id": attempt.triggered_by,
+            "task_version": task.version,
         }
+        self.run_id = attempt.run_id
 
     def start(self, policy: RetryPolicy) -> TaskRun | None:
-        """Insert the ``running`` row; None if this tick's attempt already has one."""
+        """Write the ``running`` row and return it.
+
+        None if this tick's attempt already has one; a ``skipped`` run if another run of an
+        ``overlap="skip"`` task is running; the ``cancelled`` row if the queued run was
+        cancelled before it started.
+        """
         self.base["max_attempts"] = policy.max_attempts
-        return self._insert(status=TaskRun.Status.RUNNING, started_at=self.now())
+        if self.task.overlap != ScheduledTask.Overlap.SKIP:
+            return self._start()
+        # Check and start under the task's row lock: two runs arriving together must not both
+        # see the other one missing. An UPDATE of the row is the lock every database has
+        # (SQLite has no SELECT ... FOR UPDATE, and takes its write lock here).
+        def check_and_start() -> TaskRun | None:
+            with transaction.atomic():
+                ScheduledTask.objects.filter(pk=self.task.pk).update(id=F("id"))
+                running = (
+                    TaskRun.objects.filter(scheduled_task=self.task, status=TaskRun.Status.RUNNING)
+                    .order_by("started_at")
+                    .first()
+                )
+                if running is None:
+                    return self._start()
+                return self._skipped_for_overlap(running)
+
+        return with_reconnect(check_and_start, what=f"starting task {self.task.name!r}")
+
+    def _start(self) -> TaskRun | None:
+        if self.run_id is None:
+            return self._insert(status=TaskRun.Status.RUNNING, started_at=self.now())
+        return self._claim(status=TaskRun.Status.RUNNING, started_at=self.now())
+
+    def _skipped_for_overlap(self, running: TaskRun) -> TaskRun | None:
+        reason = (
+            f"Skipped: run {running.pk} (attempt {running.attempt}, started "
+            f"{running.started_at.isoformat(timespec='seconds')}) is still running and overlap "
+            "is 'skip'."
+        )
+        started = self.now()
+        fields = {
+            "status": TaskRun.Status.SKIPPED,
+            "started_at": started,
+            "finished_at": started,
+            "duration": dt.timedelta(0),
+            "error_message": reason,
+        }
+        run = self._insert(**fields) if self.run_id is None else self._claim(**fields)
+        if run is not None:
+            logger.info("Task %r: %s", self.task.name, reason)
+            send_signal(signals.task_skipped, run, self.task)
+        return run
+
+    def _claim(self, **fields: Any) -> TaskRun | None:
+        """Turn the ``queued`` row written when the run was sent into this attempt's row.
+
+        The UPDATE takes the place of the INSERT (the same statement count). A row no longer
+        queued was cancelled: its attempt does not run. A row that is gone (deleted, pruned)
+        is written again.
+        """
+        values = {key: value for key, value in self.base.items() if key != "scheduled_task"}
+        values.update(fields)
+        claimed = with_reconnect(
+            lambda: TaskRun.objects.filter(pk=self.run_id, status=TaskRun.Status.QUEUED).update(
+                **values
+            ),
+            what=f"starting queued run {self.run_id} of {self.task.name!r}",
+        )
+        if claimed:
+            return TaskRun(pk=self.run_id, scheduled_task=self.task, **values)
+        current = TaskRun.objects.filter(pk=self.run_id).first()
+        if current is None:
+            self.run_id = None
+            return self._insert(**fields)
+        logger.info(
+            "Queued run %s of task %r is %s; not running it", current.pk, self.task.name,
+            current.status,
+        )
+        return current
 
     def without_call(
         self, status: str, message: str, signal: Signal, *, error_type: str = ""
     ) -> RunOutcome:
         """Record a run whose function is not called (skipped, or refused), and signal it."""
         started = self.now()
-        run = self._insert(
-            status=status,
-            started_at=started,
-            finished_at=started,
-            duration=dt.timedelta(0),
-            error_type=error_type,
-            error_message=truncate(message, conf.MAX_ERROR_CHARS),
-        )
+        fields = {
+            "status": status,
+            "started_at": started,
+            "finished_at": started,
+            "duration": dt.timedelta(0),
+            "error_type": error_type,
+            "error_message": truncate(message, conf.MAX_ERROR_CHARS),
+        }
+        run = self._insert(**fields) if self.run_id is None else self._claim(**fields)
         if run is None:
             return RunOutcome(Action.DROP, scheduled_task=self.task)
+        if run.status != status:  # its queued row was cancelled meanwhile
+            return RunOutcome(Action.DONE, run, self.task)
         if status == TaskRun.Status.FAILED:
             logger.error("Task %r not run: %s", self.task.name, run.error_message)
             _record_final(run, self.task)
         else:
             logger.info("%s (attempt %s)", message, run.attempt)
         send_signal(signal, run, self.task)
+        if status == TaskRun.Status.FAILED:
+            trip_circuit_breaker(run, self.task)
         return RunOutcome(Action.DONE, run, self.task)
 
     def _insert(self, **fields: Any) -> TaskRun | None:
@@ -371,7 +486,8 @@ def _succeeded(run: TaskRun, task: ScheduledTask, value: Any, now: Now) -> RunOu
     run.status = TaskRun.Status.SUCCEEDED
     run.result = json_safe_result(value, conf.MAX_RESULT_CHARS)
     previous = previous_final_status(task)
-    _save_outcome(run, task, ["status", "finished_at", "duration", "result"])
+    if not _save_outcome(run, task, ["status", "finished_at", "duration", "result"]):
+        return RunOutcome(Action.DONE, run, task)
     # DEBUG: Celery's worker already logs every success at INFO, with its run time.
     logger.debug("Task %r attempt %s succeeded", task.name, run.attempt)
     send_signal(signals.task_succeeded, run, task)
@@ -388,12 +504,13 @@ def _failed(
     run.error_message = error_message(exc, conf.MAX_ERROR_CHARS)
     run.traceback = truncate(trace, conf.MAX_TRACEBACK_CHARS, keep="tail")
     fields = ["status", "finished_at", "duration", "error_type", "error_message", "traceback"]
-    decision = policy.decide(run.attempt)
+    decision = policy.decide(run.attempt, exception_names(type(exc)))
     if decision.retry:
         run.status = TaskRun.Status.RETRIED
         assert run.finished_at is not None  # set by _finish_timing above
         run.next_retry_at = run.finished_at + dt.timedelta(seconds=decision.countdown)
-        _save_outcome(run, task, [*fields, "next_retry_at"])
+        if not _save_outcome(run, task, [*fields, "next_retry_at"]):
+            return RunOutcome(Action.DONE, run, task)
         logger.warning(
             "Task %r attempt %s of %s failed (%s: %s); retrying in %.1f s",
             task.name,
@@ -408,16 +525,20 @@ def _failed(
             Action.RETRY, run, task, countdown=decision.countdown, max_retries=policy.max_retries
         )
     run.status = TaskRun.Status.FAILED
-    _save_outcome(run, task, fields)
+    run.note = decision.reason
+    if not _save_outcome(run, task, [*fields, "note"]):
+        return RunOutcome(Action.DONE, run, task)
     logger.error(
-        "Task %r failed for good at attempt %s of %s (%s: %s)",
+        "Task %r failed for good at attempt %s of %s (%s: %s)%s",
         task.name,
         run.attempt,
         policy.max_attempts,
         run.error_type,
         run.error_message[:200],
+        f"; {decision.reason}" if decision.reason else "",
     )
     send_signal(signals.task_failed, run, task)
+    trip_circuit_breaker(run, task)
     return RunOutcome(Action.DONE, run, task)
 
 
@@ -450,28 +571,32 @@ def _state_changes(run: TaskRun, task: ScheduledTask) -> bool:
     return run.is_final_failure
 
 
-def _save_outcome(run: TaskRun, task: ScheduledTask, update_fields: list[str]) -> None:
-    """Write the outcome held in ``run``, with the task's state when it changes; if the database
-    stays unreachable, log it instead.
+def _save_outcome(run: TaskRun, task: ScheduledTask, update_fields: list[str]) -> bool:
+    """Write the outcome held in ``run``, with the task's state when it changes; False when the
+    run was cancelled while it ran (its outcome is discarded, ``run`` says ``cancelled``).
 
-    The row and the state commit together (one transaction, one flush to disk). The function has
-    run by now, so its outcome must not vanish with the connection: the ERROR line carries what
-    the row would have said (never the result or the kwargs, which may hold data the logs must
-    not), and the caller goes on as if it had been written (signals, retry), leaving the row
-    ``running`` in the database.
+    The row and the state commit together (one transaction, one flush to disk). The UPDATE is
+    conditional on the row still running, which is how a cancel wins. The function has run by
+    now, so its outcome must not vanish with the connection: if the database stays unreachable,
+    the ERROR line carries what the row would have said (never the result or the kwargs, which
+    may hold data the logs must not), and the caller goes on as if it had been written
+    (signals, retry), leaving the row ``running`` in the database.
     """
     changes_state = _state_changes(run, task)
+    values = {name: getattr(run, name) for name in update_fields}
+    still_running = TaskRun.objects.filter(pk=run.pk, status=TaskRun.Status.RUNNING)
 
-    def write() -> None:
+    def write() -> int:
         if not changes_state:
-            run.save(update_fields=update_fields)
-            return
+            return still_running.update(**values)
         with transaction.atomic():
-            run.save(update_fields=update_fields)
-            TaskState.objects.record(run)
+            written = still_running.update(**values)
+            if written:
+                TaskState.objects.record(run)
+            return written
 
     try:
-        with_reconnect(
+        written = with_reconnect(
             write, what=f"recording task {task.name!r} attempt {run.attempt} as {run.status}"
         )
     except CONNECTION_ERRORS as err:
@@ -488,6 +613,17 @@ def _save_outcome(run: TaskRun, task: ScheduledTask, update_fields: list[str]) -
             f", {run.error_type}: {run.error_message[:200]}" if run.error_type else "",
             err,
         )
+        return True
+    if written:
+        return True
+    logger.warning(
+        "Task %r attempt %s was cancelled while it ran; its outcome (%s) is discarded",
+        task.name,
+        run.attempt,
+        run.status,
+    )
+    run.status = TaskRun.Status.CANCELLED
+    return False
 
 
 def _record_final(run: TaskRun, task: ScheduledTask) -> None:
@@ -496,6 +632,28 @@ def _record_final(run: TaskRun, task: ScheduledTask) -> None:
         with_reconnect(
             lambda: TaskState.objects.record(run), what=f"recording the state of {task.name!r}"
         )
+
+
+def trip_circuit_breaker(run: TaskRun, task: ScheduledTask) -> bool:
+    """Pause ``task`` once ``pause_after_failures`` final failures came in a row; say whether
+    it did. The pause is the system's (in the change history) and sends ``task_paused``."""
+    limit = task.pause_after_failures
+    if not limit or task.paused:
+        return False
+    failures = (
+        TaskState.objects.filter(pk=task.pk).values_list("consecutive_failures", flat=True).first()
+    )
+    if not failures or failures < limit:
+        return False
+    reason = f"paused after {failures} consecutive failures"
+    # Read again: the task may have been paused or edited since this run loaded it.
+    current = ScheduledTask.objects.filter(pk=task.pk).first()
+    if current is None or current.paused:
+        return False
+    current.pause(reason, source=history.Source.SYSTEM)
+    logger.error("Task %r %s (its circuit breaker)", task.name, reason)
+    send_signal(signals.task_paused, run, current)
+    return True
 
 
 def send_signal(signal: Signal, run: TaskRun, task: ScheduledTask) -> None:
@@ -545,11 +703,28 @@ def mark_lost(
     return runs
 
 
+def mark_queued_expired(celery_task_id: str, now: Now = timezone.now) -> int:
+    """Mark the queued run of Celery task ``celery_task_id`` lost: its message expired before a
+    worker started it. Return how many rows changed (0 or 1)."""
+    if not celery_task_id:
+        return 0
+    return TaskRun.objects.filter(
+        celery_task_id=celery_task_id, status=TaskRun.Status.QUEUED
+    ).update(
+        status=TaskRun.Status.LOST,
+        finished_at=now(),
+        error_type="Expired",
+        error_message="Never started: the message expired before a worker took it.",
+    )
+
+
 def report_final_failure(run: TaskRun, task: ScheduledTask) -> None:
     """A lost attempt that nothing will retry: record it in the task's state and send
-    ``task_failed``, so it is alerted like any final failure."""
+    ``task_failed``, so it is alerted like any final failure (and counted by the circuit
+    breaker)."""
     _record_final(run, task)
     send_signal(signals.task_failed, run, task)
+    trip_circuit_breaker(run, task)
 
 
 def mark_retry_sent(run: TaskRun, now: Now = timezone.now) -> None:
@@ -571,16 +746,49 @@ def mark_retry_sent(run: TaskRun, now: Now = timezone.now) -> None:
 # --- sending ------------------------------------------------------------------------------------
 
 
-def enqueue(task: ScheduledTask, trigger: str = TaskRun.Trigger.MANUAL) -> AsyncResult:
+def enqueue(
+    task: ScheduledTask,
+    trigger: str = TaskRun.Trigger.MANUAL,
+    *,
+    task_id: str | None = None,
+    run_id: int | None = None,
+    kwargs_override: dict[str, Any] | None = None,
+    triggered_by: int | None = None,
+) -> AsyncResult:
     """Send a run of ``task`` to the workers now, with its queue, priority, expiry and limit.
 
-    The message is the one beat sends (``args=[task.pk]``) plus the trigger, so the worker
-    handles manual and scheduled runs alike. Disabled tasks are sent too: the worker records
-    them as skipped, which shows the operator what happened.
+    The message is the one beat sends (``args=[task.pk]``) plus the trigger, and for a manual
+    run its queued row, its kwargs and who sent it (see :class:`Attempt`), so the worker
+    handles manual and scheduled runs alike. :func:`orchestrator.operations.run_now` is the
+    operation every edge calls; it writes the queued row first.
     """
+    options = message_options(task)
+    if task_id is not None:
+        options["task_id"] = task_id
     return send_task_message(
         RUN_SCHEDULED_TASK,
         args=[task.pk],
-        kwargs={"trigger": str(trigger)},
-        **message_options(task),
+        kwargs=message_kwargs(trigger, None, run_id, kwargs_override, triggered_by),
+        **options,
     )
+
+
+def message_kwargs(
+    trigger: str,
+    scheduled_for: dt.datetime | None = None,
+    run_id: int | None = None,
+    kwargs_override: dict[str, Any] | None = None,
+    triggered_by: int | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of ``orchestrator.run_scheduled_task`` for one attempt; what is
+    empty is left out, so beat's messages and older ones read the same."""
+    kwargs: dict[str, Any] = {"trigger": str(trigger)}
+    if scheduled_for is not None:
+        kwargs["scheduled_for"] = scheduled_for.isoformat()
+    if run_id is not None:
+        kwargs["run_id"] = run_id
+    if kwargs_override is not None:
+        kwargs["kwargs_override"] = kwargs_override
+    if triggered_by is not None:
+        kwargs["triggered_by"] = triggered_by
+    return kwargs

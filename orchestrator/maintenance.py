@@ -9,7 +9,9 @@ beat_sync schedules that task every minute (``ORCHESTRATOR["MAINTENANCE_SCHEDULE
 * marks runs still ``running`` long after they should have ended as ``lost`` and alerts them
   (:func:`mark_stuck_runs`);
 * re-queues alerts whose broker message was lost, once, and gives up on them after that
-  (:func:`requeue_stale_deliveries`).
+  (:func:`requeue_stale_deliveries`);
+* resumes the tasks whose pause has ended (:func:`resume_paused_tasks`), and marks manual runs
+  still queued long after they were sent as lost (:func:`expire_queued_runs`).
 
 Every write is a conditional UPDATE that claims its row, so passes running at the same time on
 several workers never send a retry or an alert twice. Each part runs on its own: one failing is
@@ -26,7 +28,7 @@ from dataclasses import asdict, dataclass
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from orchestrator import dispatcher
+from orchestrator import dispatcher, operations
 from orchestrator.conf import conf
 from orchestrator.models import NotificationDelivery, TaskRun
 from orchestrator.notifications import delivery as notification_delivery
@@ -70,6 +72,8 @@ class MaintenanceReport:
     runs_lost: int = 0
     deliveries_requeued: int = 0
     deliveries_failed: int = 0
+    tasks_resumed: int = 0
+    queued_runs_lost: int = 0
 
     @property
     def changed(self) -> bool:
@@ -87,7 +91,14 @@ class MaintenanceReport:
 def run_maintenance(now: Callable[[], dt.datetime] = timezone.now) -> MaintenanceReport:
     """Run one maintenance pass; return what it did."""
     report = MaintenanceReport()
-    for part in (send_due_retries, mark_stuck_runs, requeue_stale_deliveries):
+    parts = (
+        send_due_retries,
+        mark_stuck_runs,
+        requeue_stale_deliveries,
+        resume_paused_tasks,
+        expire_queued_runs,
+    )
+    for part in parts:
         try:
             part(report, now=now)
         except Exception:  # one broken part must not keep the others from running
@@ -148,9 +159,9 @@ def send_retry(run: TaskRun, at: dt.datetime) -> None:
     task = run.scheduled_task
     assert run.next_retry_at is not None  # due_retries selects only rows that have one
     countdown = max((run.next_retry_at - at).total_seconds(), 0.0)
-    kwargs = {"trigger": str(run.trigger)}
-    if run.scheduled_for is not None:
-        kwargs["scheduled_for"] = run.scheduled_for.isoformat()
+    kwargs = dispatcher.message_kwargs(
+        run.trigger, run.scheduled_for, None, run.kwargs_override, run.triggered_by_id
+    )
     send_task_message(
         RUN_SCHEDULED_TASK,
         args=[task.pk],
@@ -359,4 +370,54 @@ def requeue_stale_deliveries(
         notification_delivery.enqueue(row.pk, message)
         logger.warning("Notification delivery %s was still pending; re-queued it", row.pk)
         report.deliveries_requeued += 1
+    return report
+
+
+# --- pauses that ended, runs that never started ------------------------------------------------
+
+
+def resume_paused_tasks(
+    report: MaintenanceReport | None = None, *, now: Callable[[], dt.datetime] = timezone.now
+) -> MaintenanceReport:
+    """Resume the tasks whose ``paused_until`` has passed, as the system (in their history).
+
+    The dispatcher already runs them from that moment; this makes the task say so everywhere.
+    """
+    report = report if report is not None else MaintenanceReport()
+    report.tasks_resumed += operations.resume_expired_pauses(now())
+    return report
+
+
+# A queued manual run whose message no worker took for this long was lost (or expired in the
+# broker without a worker seeing it): nothing will start it.
+QUEUED_TOO_LONG = dt.timedelta(hours=6)
+
+
+def expire_queued_runs(
+    report: MaintenanceReport | None = None, *, now: Callable[[], dt.datetime] = timezone.now
+) -> MaintenanceReport:
+    """Mark runs still ``queued`` long after they were sent (or after their task's expiry) as
+    ``lost``, saying so; a worker that takes the message later finds it no longer queued."""
+    report = report if report is not None else MaintenanceReport()
+    at = now()
+    stale = TaskRun.objects.filter(
+        status=TaskRun.Status.QUEUED, started_at__lt=at - QUEUED_TOO_LONG
+    ).order_by("started_at", "pk")[:BATCH_SIZE]
+    hours = int(QUEUED_TOO_LONG.total_seconds() // 3600)
+    for run in stale:
+        message = (
+            f"Never started: no worker took this run within {hours} h of it being sent (its "
+            "broker message was lost, or it expired unseen)."
+        )
+        fields = {
+            "status": TaskRun.Status.LOST,
+            "finished_at": at,
+            "error_type": "NeverStarted",
+            "error_message": message,
+        }
+        if TaskRun.objects.filter(pk=run.pk, status=TaskRun.Status.QUEUED).update(**fields):
+            logger.warning(
+                "Run %s of task %s was still queued; marked lost", run.pk, run.scheduled_task_id
+            )
+            report.queued_runs_lost += 1
     return report

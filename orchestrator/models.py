@@ -13,7 +13,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from orchestrator import callables, cron
+from orchestrator import callables, cron, history
 from orchestrator.conf import conf
 from orchestrator.notifications.events import Event
 from orchestrator.notifications.registry import kind_choices
@@ -21,6 +21,7 @@ from orchestrator.notifications.validation import clean_channel
 from orchestrator.policies.retry import BackoffKind, RetryPolicy
 from orchestrator.validators import (
     validate_cron,
+    validate_exception_names,
     validate_import_path_shape,
     validate_kwargs_object,
     validate_queue_name,
@@ -42,8 +43,14 @@ def channel_kind_choices() -> list[tuple[str, str]]:
     return kind_choices()
 
 
+def _operations() -> Any:
+    """The operations service, as ``OrchestratorConfig.ready()`` wired it (models never import
+    a service)."""
+    return apps.get_app_config("orchestrator").operations  # type: ignore[attr-defined]
+
+
 def default_channel_events() -> list[str]:
-    return [Event.FAILURE, Event.RECOVERY]
+    return [Event.FAILURE, Event.RECOVERY, Event.PAUSED]
 
 
 __all__ = [
@@ -109,6 +116,9 @@ class TaskDefinition(models.Model):
         except callables.CallableError as err:
             raise ValidationError({"import_path": str(err)}) from None
 
+    def get_additional_data(self) -> dict[str, str]:
+        return history.additional_data()
+
     def resolve(self) -> Any:
         """The callable, re-checked against the allow-list (raises CallableError)."""
         return callables.resolve(self.import_path, conf.ALLOWED_TASK_MODULES)
@@ -116,6 +126,10 @@ class TaskDefinition(models.Model):
 
 class ScheduledTask(models.Model):
     """A definition run on a cron schedule, with its arguments and its policies."""
+
+    class Overlap(models.TextChoices):
+        ALLOW = "allow", "Allow: runs may overlap"
+        SKIP = "skip", "Skip: a run that arrives while another is running is skipped"
 
     class Backoff(models.TextChoices):
         FIXED = BackoffKind.FIXED.value, "Fixed: the same delay every time"
@@ -198,6 +212,60 @@ class ScheduledTask(models.Model):
         help_text="Seconds a run may take before the worker stops it; empty for no limit.",
     )
 
+    retry_on = models.JSONField(
+        "retry on",
+        default=list,
+        blank=True,
+        validators=[validate_exception_names],
+        help_text='Exception classes that may be retried, such as ["ConnectionError", '
+        '"requests.exceptions.Timeout"]; a class matches its subclasses. Empty: any error.',
+    )
+    never_retry_on = models.JSONField(
+        "never retry on",
+        default=list,
+        blank=True,
+        validators=[validate_exception_names],
+        help_text='Exception classes that fail the run at once, such as ["ValueError"]; '
+        "wins over retry on.",
+    )
+    overlap = models.CharField(
+        max_length=10,
+        choices=Overlap.choices,
+        default=Overlap.ALLOW,
+        help_text="What happens to a run that arrives while another run of this task is running.",
+    )
+    pause_after_failures = models.PositiveSmallIntegerField(
+        "pause after N failures",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Pause the task after this many final failures in a row (a circuit breaker); "
+        "empty: never.",
+    )
+    paused = models.BooleanField(
+        default=False,
+        help_text="A paused task keeps its schedule, but its runs are skipped (and recorded as "
+        "such) until it is resumed or its pause ends.",
+    )
+    pause_reason = models.CharField(
+        "pause reason",
+        max_length=500,
+        blank=True,
+        validators=[validate_storable_text],
+        help_text="Why it is paused; shown with every skipped run.",
+    )
+    paused_until = models.DateTimeField(
+        "paused until",
+        null=True,
+        blank=True,
+        help_text="The pause ends by itself at this time; empty: until someone resumes it.",
+    )
+    version = models.PositiveIntegerField(
+        default=1,
+        editable=False,
+        help_text="Counts the changes made to this task; each run records the one it ran under.",
+    )
+
     periodic_task = models.OneToOneField(
         "django_celery_beat.PeriodicTask",
         null=True,
@@ -225,8 +293,18 @@ class ScheduledTask(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Each save is a new version: runs record the one they ran under, the change history
+        # shows which change made it.
+        if self.pk is not None:
+            self.version = (self.version or 0) + 1
+            if kwargs.get("update_fields") is not None:
+                kwargs["update_fields"] = {*kwargs["update_fields"], "version"}
+        super().save(*args, **kwargs)
+
     def clean(self) -> None:
         super().clean()
+        self._clean_pause()
         if not isinstance(self.kwargs, dict) or self.task_definition_id is None:
             return
         definition = self.task_definition
@@ -241,9 +319,52 @@ class ScheduledTask(models.Model):
         except callables.CallableError as err:
             raise ValidationError({"kwargs": f"{err} (for {definition.import_path})"}) from None
 
+    def _clean_pause(self) -> None:
+        if self.paused:
+            self.check_pause(self.pause_reason, self.paused_until)
+
+    @staticmethod
+    def check_pause(reason: str, until: dt.datetime | None) -> None:
+        """Raise ``ValidationError`` on the field at fault unless a pause with this reason and
+        end may start now."""
+        if not (reason or "").strip():
+            raise ValidationError({"pause_reason": "Say why the task is paused."})
+        if until is not None and until <= timezone.now():
+            raise ValidationError(
+                {"paused_until": "This time has passed; give a time in the future, or none."}
+            )
+
+    def get_additional_data(self) -> dict[str, str]:
+        return history.additional_data()
+
     @property
     def is_runnable(self) -> bool:
         return self.enabled and self.task_definition.enabled
+
+    def is_paused(self, at: dt.datetime | None = None) -> bool:
+        """Whether runs are skipped at ``at`` (now): paused, and the pause has not ended."""
+        if not self.paused:
+            return False
+        return self.paused_until is None or (at or timezone.now()) < self.paused_until
+
+    def pause(
+        self, reason: str, until: dt.datetime | None = None, user: Any = None, source: str = ""
+    ) -> None:
+        """Pause the task: it keeps its schedule, but each run is skipped until it resumes.
+
+        Validated like an admin edit (a reason, an end in the future); recorded in the change
+        history with ``user`` and ``source``.
+        """
+        self.paused, self.pause_reason, self.paused_until = True, reason.strip(), until
+        self._clean_pause()
+        with history.changes_by(user, source or history.current_source()):
+            self.save(update_fields=["paused", "pause_reason", "paused_until", "updated_at"])
+
+    def resume(self, user: Any = None, source: str = "") -> None:
+        """End the pause (recorded in the change history with ``user`` and ``source``)."""
+        self.paused, self.pause_reason, self.paused_until = False, "", None
+        with history.changes_by(user, source or history.current_source()):
+            self.save(update_fields=["paused", "pause_reason", "paused_until", "updated_at"])
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(
@@ -252,6 +373,8 @@ class ScheduledTask(models.Model):
             delay=float(self.retry_delay),
             backoff_max=float(self.retry_backoff_max),
             jitter=self.retry_jitter,
+            retry_on=tuple(self.retry_on or ()),
+            never_retry_on=tuple(self.never_retry_on or ()),
         )
 
     def describe_schedule(self) -> str:
@@ -277,27 +400,32 @@ class ScheduledTask(models.Model):
             return selected, False
         return list(NotificationChannel.objects.filter(enabled=True, is_default=True)), True
 
-    def run_now(self, trigger: str = "manual") -> AsyncResult:
+    def run_now(
+        self, kwargs: dict[str, Any] | None = None, user: Any = None, trigger: str = "manual"
+    ) -> AsyncResult:
         """Send a run of this task to the workers now, outside its schedule.
 
-        The model does not know Celery: this asks the app's operations service
-        (:func:`orchestrator.operations.run_now`, wired in ``OrchestratorConfig.ready()``),
-        which every edge calls.
+        ``kwargs``, when given, replace the task's own for this run only (validated against the
+        function's signature; ``ValidationError`` on the ``kwargs`` field otherwise); ``user``
+        is recorded as who triggered it. The model does not know Celery: this asks the app's
+        operations service (:func:`orchestrator.operations.run_now`, wired in
+        ``OrchestratorConfig.ready()``), which every edge calls.
         """
-        operations = apps.get_app_config(self._meta.app_label).operations  # type: ignore[attr-defined]
-        return operations.run_now(self, trigger=trigger)
+        return _operations().run_now(self, kwargs=kwargs, user=user, trigger=trigger)
 
 
 class TaskRun(models.Model):
     """One attempt of a scheduled task."""
 
     class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
         RETRIED = "retried", "Failed, retry scheduled"
         FAILED = "failed", "Failed"
         SKIPPED = "skipped", "Skipped"
         LOST = "lost", "Lost (worker died or time limit)"
+        CANCELLED = "cancelled", "Cancelled"
 
     class Trigger(models.TextChoices):
         SCHEDULE = "schedule", "Schedule"
@@ -305,7 +433,16 @@ class TaskRun(models.Model):
         API = "api", "API"
 
     # Attempts that ended with an outcome of their own (a lost one is marked by someone else).
-    FINISHED_STATUSES = (Status.SUCCEEDED, Status.RETRIED, Status.FAILED, Status.SKIPPED)
+    FINISHED_STATUSES = (
+        Status.SUCCEEDED,
+        Status.RETRIED,
+        Status.FAILED,
+        Status.SKIPPED,
+        Status.CANCELLED,
+    )
+    # What an operator may cancel: a run not started yet, a running one, or a failed attempt
+    # whose retry has not started.
+    CANCELLABLE_STATUSES = (Status.QUEUED, Status.RUNNING, Status.RETRIED)
     # The outcomes of a run: an attempt that was retried is not one (its retry is), skipped
     # runs did not run, running ones have no outcome yet.
     FINAL_FAILURE_STATUSES = (Status.FAILED, Status.LOST)
@@ -358,6 +495,41 @@ class TaskRun(models.Model):
     # lost attempts (which step aside so the redelivered message can record its own), hold NULL,
     # and every database lets NULLs repeat in a unique column.
     tick_key = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
+    kwargs_override = models.JSONField(
+        "kwargs override",
+        null=True,
+        blank=True,
+        help_text="Keyword arguments given for this run only, in place of the task's; "
+        "empty when the task's own were used.",
+    )
+    triggered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name="triggered by",
+        help_text="Who sent this run; empty for runs of the schedule.",
+    )
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name="cancelled by",
+    )
+    task_version = models.PositiveIntegerField(
+        "task version",
+        null=True,
+        blank=True,
+        help_text="The version of the scheduled task this attempt ran under (see its history).",
+    )
+    note = models.TextField(
+        blank=True,
+        help_text="Why the run ended as it did when its status and error do not say: not "
+        "retried by an exception rule, skipped, cancelled.",
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -378,6 +550,16 @@ class TaskRun(models.Model):
         if scheduled_for is None:
             return None
         return f"{scheduled_task_id}:{scheduled_for.timestamp():.0f}:{attempt}"
+
+    @property
+    def is_cancellable(self) -> bool:
+        return self.status in self.CANCELLABLE_STATUSES
+
+    def cancel(self, user: Any = None) -> bool:
+        """Cancel this run: a queued run never starts, a running one is stopped where the worker
+        pool allows it (otherwise its outcome is discarded), a retry waiting for later is
+        dropped. False if it had already finished. See :func:`orchestrator.operations.cancel`."""
+        return bool(_operations().cancel(self, user=user))
 
     @property
     def is_final_failure(self) -> bool:
@@ -518,6 +700,9 @@ class NotificationChannel(models.Model):
         super().clean()
         clean_channel(self.kind, self.target, self.events)
 
+    def get_additional_data(self) -> dict[str, str]:
+        return history.additional_data()
+
 
 class AlertState(models.Model):
     """Per channel, task and event: when the last alert went out, and what was suppressed."""
@@ -598,3 +783,6 @@ class NotificationDelivery(models.Model):
         if self.error or not self.suppressed_reason:
             return self.error
         return f"Suppressed: {self.suppressed_reason}"
+
+
+history.register(TaskDefinition, ScheduledTask, NotificationChannel)

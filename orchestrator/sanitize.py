@@ -7,11 +7,18 @@ maintenance pass and the pages that show stored text.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 
 _TRUNCATION_MARK = "… [{count} characters cut]"
+# Argument names whose values are secrets: "token", "api_key", "password", "client_secret"...
+SECRET_NAME = re.compile(
+    r"(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential|auth|key$)",
+    re.IGNORECASE,
+)
+SECRET_MASK = "********"
 
 
 def truncate(text: str, limit: int, *, keep: str = "head") -> str:
@@ -99,3 +106,28 @@ def error_message(exc: BaseException, limit: int) -> str:
     except Exception:
         message = ""
     return truncate(message or type(exc).__name__, limit)
+
+
+def looks_secret(name: str) -> bool:
+    """Whether an argument called ``name`` most likely holds a secret."""
+    return bool(SECRET_NAME.search(name))
+
+
+def mask_secret_values(value: Any, _depth: int = 0) -> Any:
+    """``value`` with the values of keys that look secret (at any depth) masked.
+
+    Past 64 levels of nesting (only a row written around validation gets there) the rest is
+    masked whole rather than walked.
+    """
+    if _depth > 64:
+        return SECRET_MASK
+    if isinstance(value, dict):
+        return {
+            key: SECRET_MASK
+            if isinstance(key, str) and looks_secret(key)
+            else mask_secret_values(item, _depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_secret_values(item, _depth + 1) for item in value]
+    return value

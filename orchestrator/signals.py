@@ -8,7 +8,10 @@ with ``send_robust``: a receiver that raises is logged and never changes the tas
 * ``task_retrying``: an attempt failed and a retry is scheduled (``run.next_retry_at``).
 * ``task_failed``: final failure (retries exhausted, or the error is not retryable).
 * ``task_recovered``: the first success after a final failure (sent after ``task_succeeded``).
-* ``task_skipped``: a run was not called because its task or definition is disabled.
+* ``task_skipped``: a run was not called: its task or definition is disabled, the task is
+  paused, or (``overlap="skip"``) another run of it is still running.
+* ``task_paused``: the circuit breaker paused the task (``pause_after_failures`` final
+  failures in a row); ``run`` is the failure that tripped it.
 """
 
 from django.dispatch import Signal
@@ -18,3 +21,4 @@ task_retrying = Signal()
 task_failed = Signal()
 task_recovered = Signal()
 task_skipped = Signal()
+task_paused = Signal()

@@ -37,6 +37,9 @@ def run_scheduled_task(
     scheduled_task_id: int,
     trigger: str = TaskRun.Trigger.SCHEDULE,
     scheduled_for: str | None = None,
+    run_id: int | None = None,
+    kwargs_override: dict[str, Any] | None = None,
+    triggered_by: int | None = None,
 ) -> dict[str, Any] | None:
     """Run one attempt of a scheduled task; retry it through the broker when its policy says so.
 
@@ -51,8 +54,11 @@ def run_scheduled_task(
     message held longer than Redis' ``visibility_timeout`` is delivered twice and RabbitMQ
     closes the channel after ``consumer_timeout``.
 
-    ``scheduled_for`` (ISO 8601) is the schedule tick of the first attempt, carried by retries;
-    beat's own messages have none and the dispatcher works it out (see ``run_task``).
+    ``scheduled_for`` (ISO 8601) is the schedule tick, stamped by orchestrator's scheduler and
+    carried by retries; django-celery-beat's messages have none and the dispatcher works it out
+    (see ``run_task``). A manual run carries its queued row (``run_id``), the kwargs that
+    replace the task's for this run (``kwargs_override``) and who sent it (``triggered_by``);
+    retries carry the last two.
     """
     request = self.request
     delivery = request.delivery_info or {}
@@ -66,6 +72,9 @@ def run_scheduled_task(
         redelivered=bool(delivery.get("redelivered")),
         scheduled_for=dt.datetime.fromisoformat(scheduled_for) if scheduled_for else None,
         from_beat=_sent_by_beat(request),
+        run_id=run_id if request.retries == 0 else None,
+        kwargs_override=kwargs_override,
+        triggered_by=triggered_by,
     )
     outcome = dispatcher.run_task(attempt)
     if outcome.action is Action.RETRY:
@@ -81,9 +90,9 @@ def run_scheduled_task(
                 run.next_retry_at.isoformat() if run.next_retry_at else "-",
             )
             return {"run": run.pk, "status": run.status, "attempt": run.attempt}
-        kwargs: dict[str, Any] = {"trigger": trigger}
-        if run.scheduled_for is not None:
-            kwargs["scheduled_for"] = run.scheduled_for.isoformat()
+        kwargs = dispatcher.message_kwargs(
+            trigger, run.scheduled_for, None, kwargs_override, triggered_by
+        )
         options = message_options(task, outcome.countdown)
         options["queue"] = options["queue"] or _default_queue(self)
         # throw=False: the retry message is sent (or Reject raised) before we get it back, so
@@ -183,7 +192,16 @@ def _on_task_revoked(
     An operator stopped it on purpose, so the row is marked ``lost`` without a failure signal.
     """
     task_id = getattr(request, "id", None)
-    if getattr(sender, "name", None) != RUN_SCHEDULED_TASK or not task_id or not terminated:
+    if getattr(sender, "name", None) != RUN_SCHEDULED_TASK or not task_id:
+        return
+    if expired:
+        # A manual run that waited past its expiry: its queued row will never start.
+        try:
+            dispatcher.mark_queued_expired(task_id)
+        except Exception:
+            logger.exception("Could not record the expired run of Celery task %s", task_id)
+        return
+    if not terminated:
         return
     try:
         message = f"Revoked and terminated (signal {signum})."

@@ -17,6 +17,9 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("tasks/<int:pk>/run/", views.run_now, name="task-run"),
     path("tasks/<int:pk>/enable/", views.enable, name="task-enable"),
     path("tasks/<int:pk>/disable/", views.disable, name="task-disable"),
+    path("tasks/<int:pk>/pause/", views.pause, name="task-pause"),
+    path("tasks/<int:pk>/resume/", views.resume, name="task-resume"),
+    path("runs/<int:pk>/cancel/", views.cancel_run, name="run-cancel"),
 ]
 
 # The API is an optional extra (pip install django-orchestrator[api]).

@@ -11,6 +11,8 @@ from orchestrator import callables, cron
 from orchestrator.conf import conf
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+_EXCEPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+MAX_EXCEPTION_RULES = 50
 # Deeper keyword arguments are a mistake or an attack, and near Python's recursion limit they
 # break json.dumps wherever they are saved or shown.
 MAX_KWARGS_DEPTH = 32
@@ -109,3 +111,27 @@ def validate_queue_name(value: str) -> None:
             "A queue name may contain only letters, digits, '.', '_', ':' and '-'.",
             code="queue",
         )
+
+
+def validate_exception_names(value: Any) -> None:
+    """A list of exception class names, bare (``ConnectionError``) or dotted
+    (``requests.exceptions.Timeout``). Nothing is imported: the class may live only in the
+    workers."""
+    example = 'such as ["ConnectionError", "requests.exceptions.Timeout"]'
+    if not isinstance(value, list):
+        raise ValidationError(
+            f"Enter a JSON list of exception class names, {example}; "
+            f"got a JSON {type(value).__name__}.",
+            code="exception_names",
+        )
+    if len(value) > MAX_EXCEPTION_RULES:
+        raise ValidationError(
+            f"List at most {MAX_EXCEPTION_RULES} exception classes; name a common base class.",
+            code="exception_names",
+        )
+    for name in value:
+        if not isinstance(name, str) or not _EXCEPTION_NAME.fullmatch(name):
+            raise ValidationError(
+                f"{name!r} is not an exception class name; use names {example}.",
+                code="exception_names",
+            )

@@ -64,3 +64,14 @@ def hang_once(counter_file: str, pid_file: str, seconds: float = 30.0) -> str:
         Path(pid_file).write_text(str(os.getpid()))
         time.sleep(seconds)
     return f"call {calls}"
+
+
+def raises(kind: str = "ValueError", message: str = "bad input") -> None:
+    """Raise the builtin exception class named ``kind`` (exception rules are tested with it)."""
+    raise getattr(__import__("builtins"), kind)(message)
+
+
+def record_and_wait(log_file: str, label: str, seconds: float = 5.0) -> str:
+    """Append ``label`` to ``log_file``, then wait: a run that is still running when another
+    arrives (overlap), or that is cancelled while it runs."""
+    return record(log_file, label, seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.contrib.auth.models import User
@@ -51,7 +52,9 @@ def task() -> ScheduledTask:
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
     calls: list[tuple[int, str]] = []
 
-    def fake_run_now(self: ScheduledTask, trigger: str = "manual") -> SimpleNamespace:
+    def fake_run_now(
+        self: ScheduledTask, kwargs: Any = None, user: Any = None, trigger: str = "manual"
+    ) -> SimpleNamespace:
         calls.append((self.pk, str(trigger)))
         return SimpleNamespace(id="0f3c-celery-id")
 
@@ -359,7 +362,9 @@ def test_run_of_an_unknown_task_is_404(sent: list, admin_api: APIClient) -> None
 def test_run_when_the_broker_is_down_is_503(
     task: ScheduledTask, admin_api: APIClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: ScheduledTask, trigger: str = "manual") -> None:
+    def broken(
+        self: ScheduledTask, kwargs: Any = None, user: Any = None, trigger: str = "manual"
+    ) -> None:
         raise ConnectionRefusedError("redis://:secret@broker:6379")
 
     monkeypatch.setattr(ScheduledTask, "run_now", broken)
@@ -573,3 +578,100 @@ def test_run_through_the_api_is_executed_by_a_real_worker(start_worker) -> None:
         timeout=30,
     )
     assert (run.trigger, run.result, run.celery_task_id) == ("api", 5, celery_task_id)
+
+
+# --- operator controls ------------------------------------------------------------------------
+
+
+def test_run_with_kwargs_that_do_not_fit_is_a_400_on_kwargs(admin_api: APIClient) -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    response = admin_api.post(
+        url("api-scheduled-task-run", task.pk), {"kwargs": {"c": 1}}, format="json"
+    )
+    assert response.status_code == 400
+    assert "Unknown argument(s) c" in response.json()["kwargs"][0]
+    response = admin_api.post(
+        url("api-scheduled-task-run", task.pk), {"kwargs": [1]}, format="json"
+    )
+    assert response.status_code == 400 and "kwargs" in response.json()
+    assert not TaskRun.objects.exists()
+
+
+def test_run_with_kwargs_queues_a_run_recording_them(
+    admin_api: APIClient, django_capture_on_commit_callbacks: Any
+) -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    with (
+        mock.patch("orchestrator.tasks.run_scheduled_task.apply_async") as apply_async,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        response = admin_api.post(
+            url("api-scheduled-task-run", task.pk), {"kwargs": {"a": 9}}, format="json"
+        )
+    assert response.status_code == 202
+    run = TaskRun.objects.get()
+    assert (run.status, run.trigger, run.kwargs_override) == ("queued", "api", {"a": 9})
+    assert run.triggered_by.username == "root"
+    assert apply_async.call_args.kwargs["kwargs"]["kwargs_override"] == {"a": 9}
+
+
+def test_pause_and_resume(admin_api: APIClient, task: ScheduledTask) -> None:
+    until = (timezone.now() + dt.timedelta(hours=2)).isoformat()
+    response = admin_api.post(
+        url("api-scheduled-task-pause", task.pk), {"reason": "db migration", "until": until}
+    )
+    assert response.status_code == 200
+    assert (response.json()["paused"], response.json()["pause_reason"]) == (True, "db migration")
+    response = admin_api.post(url("api-scheduled-task-resume", task.pk))
+    assert (response.status_code, response.json()["paused"]) == (200, False)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "fragment"),
+    [
+        ({}, "reason", "This field is required"),
+        ({"reason": "  "}, "reason", "blank"),
+        ({"reason": "x", "until": "2020-01-01T00:00:00Z"}, "until", "This time has passed"),
+        ({"reason": "x", "until": "next tuesday"}, "until", "Datetime has wrong format"),
+    ],
+)
+def test_a_bad_pause_is_a_400_naming_the_field(
+    admin_api: APIClient, task: ScheduledTask, body: dict, field: str, fragment: str
+) -> None:
+    response = admin_api.post(url("api-scheduled-task-pause", task.pk), body)
+    assert response.status_code == 400
+    assert any(fragment in message for message in response.json()[field]), response.json()
+    task.refresh_from_db()
+    assert task.paused is False
+
+
+def test_cancel_is_202_and_409_once_finished(admin_api: APIClient, task: ScheduledTask) -> None:
+    queued = make_run(task, status=TaskRun.Status.QUEUED, celery_task_id="c1")
+    with mock.patch("celery.current_app.control.revoke"):
+        response = admin_api.post(url("api-run-cancel", queued.pk))
+    assert response.status_code == 202
+    assert response.json()["status"] == "cancelled"
+    again = admin_api.post(url("api-run-cancel", queued.pk))
+    assert again.status_code == 409
+    assert "already finished" in again.json()["detail"]
+
+
+def test_the_history_lists_an_admin_edit_with_its_user_source_and_fields(
+    admin_api: APIClient, task: ScheduledTask
+) -> None:
+    from orchestrator import history
+
+    editor = make_user("editor")
+    with history.changes_by(editor, history.Source.ADMIN):
+        task.max_retries = 9
+        task.save()
+    response = admin_api.get(url("api-scheduled-task-history", task.pk))
+    assert response.status_code == 200
+    latest = response.json()["results"][0]
+    assert (latest["changed_by"], latest["source"], latest["action"]) == (
+        "editor",
+        "admin",
+        "update",
+    )
+    assert latest["changes"]["max_retries"] == ["3", "9"]
+    assert set(latest) == {"changed_at", "changed_by", "source", "action", "changes"}

@@ -153,6 +153,31 @@ TASK_CASES = [
     Bad(
         "notification_channels", [999999], "Select a valid choice", "does not exist", id="channels"
     ),
+    Bad(
+        "retry_on",
+        ["not a name!"],
+        "'not a name!' is not an exception class name",
+        form="ValueError, not a name!",
+        id="retry-on-name",
+    ),
+    Bad(
+        "retry_on",
+        "ValueError",
+        "Enter class names separated by commas, or a JSON list of them",
+        "Enter a JSON list of exception class names",
+        form="[",
+        id="retry-on-not-a-list",
+    ),
+    Bad("never_retry_on", ["1Error"], "is not an exception class name", id="never-retry-name"),
+    Bad(
+        "never_retry_on",
+        [None],
+        "is not an exception class name",
+        id="never-retry-null",
+        only=("api",),
+    ),
+    Bad("overlap", "sometimes", "Select a valid choice", "is not a valid choice", id="overlap"),
+    Bad("pause_after_failures", 0, "greater than or equal to 1", id="pause-after-0"),
 ]
 
 DEFINITION_CASES = [
@@ -241,6 +266,10 @@ def task_body(definition: TaskDefinition, **changes: Any) -> dict[str, Any]:
         "queue": "",
         "expires": None,
         "notification_channels": [],
+        "overlap": "allow",
+        "retry_on": [],
+        "never_retry_on": [],
+        "pause_after_failures": None,
     }
     body.update(changes)
     return body
@@ -394,7 +423,16 @@ def test_every_invalid_channel_field_is_refused_on_that_field(
 def test_the_table_covers_every_editable_field() -> None:
     """A field added to a model without a bad-input case here fails this test."""
     covered = {case.field for case in TASK_CASES}
-    editable = set(ScheduledTaskForm.Meta.fields) - {"enabled", "description", "retry_jitter"}
+    # A checkbox has no bad value; the pause fields are checked together (a reason, an end in
+    # the future) in tests/test_pause.py.
+    editable = set(ScheduledTaskForm.Meta.fields) - {
+        "enabled",
+        "description",
+        "retry_jitter",
+        "paused",
+        "pause_reason",
+        "paused_until",
+    }
     assert editable <= covered, editable - covered
     assert {"name", "import_path", "category"} <= {c.field for c in DEFINITION_CASES}
     channel_fields = {c.field for c in CHANNEL_CASES + SLACK_CHANNEL_CASES}

@@ -30,6 +30,7 @@ ALL_SIGNALS = {
     "task_failed": signals.task_failed,
     "task_recovered": signals.task_recovered,
     "task_skipped": signals.task_skipped,
+    "task_paused": signals.task_paused,
 }
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -535,17 +536,25 @@ def test_enqueue_sends_the_task_now_with_its_routing_options() -> None:
     )
 
 
-def test_run_now_goes_through_enqueue_with_defaults_left_to_celery() -> None:
+def test_run_now_writes_a_queued_run_and_sends_it_once_committed(
+    django_capture_on_commit_callbacks: Any,
+) -> None:
     task = make_scheduled_task()
-    with mock.patch("orchestrator.tasks.run_scheduled_task.apply_async") as apply_async:
-        task.run_now()
+    with (
+        mock.patch("orchestrator.tasks.run_scheduled_task.apply_async") as apply_async,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        result = task.run_now()
+    run = TaskRun.objects.get()
+    assert (run.status, run.trigger, run.celery_task_id) == ("queued", "manual", result.id)
     apply_async.assert_called_once_with(
         args=[task.pk],
-        kwargs={"trigger": "manual"},
+        kwargs={"trigger": "manual", "run_id": run.pk},
         queue=None,
         priority=None,
         expires=None,
         time_limit=None,
+        task_id=result.id,
     )
 
 
@@ -626,20 +635,32 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def failing_saves(monkeypatch: pytest.MonkeyPatch, fail: Any) -> list[int]:
-    """Make ``TaskRun.save`` raise OperationalError on the calls for which ``fail(n)`` is true.
+    """Make the run's writes raise OperationalError on the calls for which ``fail(n)`` is true.
 
-    ``create()`` saves too: call 1 is the ``running`` insert, call 2 the outcome's update.
+    Call 1 is the ``running`` insert (``create()``, a save), call 2 the outcome's update (a
+    conditional ``UPDATE`` of the running row).
     """
     real_save = TaskRun.save
+    queryset_class = type(TaskRun.objects.all())
+    real_update = queryset_class.update
     calls: list[int] = []
 
-    def save(self: TaskRun, *args: Any, **kwargs: Any) -> None:
+    def count_and_maybe_fail() -> None:
         calls.append(len(calls) + 1)
         if fail(len(calls)):
             raise OperationalError("terminating connection due to administrator command")
+
+    def save(self: TaskRun, *args: Any, **kwargs: Any) -> None:
+        count_and_maybe_fail()
         real_save(self, *args, **kwargs)
 
+    def update(self: Any, **kwargs: Any) -> int:
+        if self.model is TaskRun and "status" in kwargs:
+            count_and_maybe_fail()
+        return real_update(self, **kwargs)
+
     monkeypatch.setattr(TaskRun, "save", save)
+    monkeypatch.setattr(queryset_class, "update", update)
     return calls
 
 
@@ -778,3 +799,171 @@ def test_recording_a_sent_retry_survives_a_dropped_connection(
     run.refresh_from_db()
     assert run.retry_sent_at == NOW  # an unrecorded send would make maintenance send it again
     assert sleeps == [0.5]
+
+
+# --- operator controls: exception rules, overlap, pauses, the circuit breaker, own kwargs ------
+
+
+def test_a_never_retry_on_error_fails_at_once_saying_why(sent: list) -> None:
+    task = make_scheduled_task(
+        "strict", "tests.sample_tasks.raises", max_retries=3, never_retry_on=["ValueError"]
+    )
+    outcome = run_task(Attempt(task.pk))
+    assert outcome.action is Action.DONE
+    run = TaskRun.objects.get()
+    assert (run.status, run.attempt, run.max_attempts) == ("failed", 1, 4)
+    assert run.note == "not retried: ValueError matches never_retry_on (ValueError)"
+    assert [name for name, *_ in sent] == ["task_failed"]
+
+
+def test_an_error_outside_retry_on_fails_at_once_and_one_inside_follows_the_backoff() -> None:
+    task = make_scheduled_task(
+        "picky",
+        "tests.sample_tasks.raises",
+        kwargs={"kind": "KeyError"},
+        max_retries=3,
+        retry_delay=5,
+        retry_backoff="fixed",
+        retry_on=["ConnectionError", "LookupError"],  # KeyError is a LookupError
+    )
+    assert run_task(Attempt(task.pk)).countdown == 5.0
+    ScheduledTask.objects.filter(pk=task.pk).update(kwargs={"kind": "ValueError"})
+    outcome = run_task(Attempt(task.pk, number=2))
+    assert outcome.status == "failed"
+    assert outcome.run.note == "not retried: ValueError is not in retry_on"
+
+
+def test_a_run_that_arrives_while_another_runs_is_skipped_when_overlap_is_skip(
+    sent: list,
+) -> None:
+    task = make_scheduled_task("single", "tests.sample_tasks.noop", overlap="skip")
+    still_running = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="other")
+
+    outcome = run_task(Attempt(task.pk, celery_task_id="mine"))
+
+    assert outcome.status == "skipped"
+    assert f"run {still_running.pk} (attempt 1, started" in outcome.run.error_message
+    assert "is still running and overlap is 'skip'" in outcome.run.error_message
+    assert [name for name, *_ in sent] == ["task_skipped"]
+    # A run its dead worker left running stops blocking once it is marked lost.
+    dispatcher.mark_lost("other", "worker died", error_type=TaskRun.WORKER_LOST)
+    assert run_task(Attempt(task.pk, celery_task_id="next")).status == "succeeded"
+
+
+def test_overlapping_runs_are_allowed_by_default() -> None:
+    task = make_scheduled_task("many", "tests.sample_tasks.noop")
+    make_run(task, status=TaskRun.Status.RUNNING)
+    assert run_task(Attempt(task.pk)).status == "succeeded"
+
+
+def test_a_paused_task_records_skipped_runs_until_its_pause_ends(sent: list) -> None:
+    task = make_scheduled_task("paused", "tests.sample_tasks.noop")
+    task.pause("database migration", until=timezone.now() + dt.timedelta(hours=1))
+
+    outcome = run_task(Attempt(task.pk, scheduled_for=NOW))
+    assert (outcome.status, outcome.run.error_message) == ("skipped", "paused: database migration")
+    assert [name for name, *_ in sent] == ["task_skipped"]
+
+    later = timezone.now() + dt.timedelta(hours=2)
+    assert run_task(Attempt(task.pk), now=lambda: later).status == "succeeded"
+
+
+def test_the_circuit_breaker_pauses_after_n_final_failures_in_a_row(sent: list) -> None:
+    task = make_scheduled_task(
+        "breaker", "tests.sample_tasks.always_fails", max_retries=0, pause_after_failures=2
+    )
+    run_task(Attempt(task.pk))
+    task.refresh_from_db()
+    assert task.paused is False
+    signals_before = len(sent)
+
+    run_task(Attempt(task.pk))
+
+    task.refresh_from_db()
+    assert (task.paused, task.pause_reason) == (True, "paused after 2 consecutive failures")
+    assert [name for name, *_ in sent[signals_before:]] == ["task_failed", "task_paused"]
+    from orchestrator import history
+
+    latest = history.describe(history.entries_for(task).first())
+    assert (latest["changed_by"], latest["source"]) == ("system", "system")
+    assert latest["changes"]["paused"] == ["False", "True"]
+
+
+def test_a_success_resets_the_circuit_breakers_count() -> None:
+    task = make_scheduled_task(
+        "flappy", "tests.sample_tasks.raises", max_retries=0, pause_after_failures=2
+    )
+    run_task(Attempt(task.pk))
+    ScheduledTask.objects.filter(pk=task.pk).update(
+        task_definition=make_scheduled_task("ok", "tests.sample_tasks.noop").task_definition,
+        kwargs={},
+    )
+    run_task(Attempt(task.pk))
+    assert TaskState.objects.get(pk=task.pk).consecutive_failures == 0
+
+
+def test_a_run_with_its_own_kwargs_calls_the_function_with_them_and_records_them(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "calls.log"
+    task = make_scheduled_task(
+        "record", "tests.sample_tasks.record", kwargs={"log_file": str(log), "label": "usual"}
+    )
+    override = {"log_file": str(log), "label": "special"}
+    run_task(Attempt(task.pk, trigger="manual", kwargs_override=override))
+    assert log.read_text() == "special\n"
+    run = TaskRun.objects.get()
+    assert (run.kwargs_override, run.result) == (override, "special")
+    assert run.task_version == task.version
+
+
+def test_kwargs_of_a_run_that_no_longer_fit_fail_it_without_calling() -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    outcome = run_task(Attempt(task.pk, kwargs_override={"zzz": 1}))
+    assert outcome.status == "failed"
+    assert "Unknown argument(s) zzz" in outcome.run.error_message
+
+
+def test_a_queued_run_becomes_the_attempts_row_and_a_cancelled_one_never_runs(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "calls.log"
+    task = make_scheduled_task(
+        "record", "tests.sample_tasks.record", kwargs={"log_file": str(log), "label": "ran"}
+    )
+    queued = make_run(task, status=TaskRun.Status.QUEUED, celery_task_id="c1")
+    outcome = run_task(Attempt(task.pk, celery_task_id="c1", run_id=queued.pk))
+    assert (outcome.run.pk, outcome.status) == (queued.pk, "succeeded")
+    assert TaskRun.objects.count() == 1
+
+    cancelled = make_run(task, status=TaskRun.Status.CANCELLED, celery_task_id="c2")
+    outcome = run_task(Attempt(task.pk, celery_task_id="c2", run_id=cancelled.pk))
+    assert outcome.status == "cancelled"
+    assert log.read_text() == "ran\n"  # called once, for the first run only
+
+
+def test_a_run_cancelled_while_it_runs_keeps_cancelled_and_sends_nothing(
+    sent: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = make_scheduled_task("long", "tests.sample_tasks.noop")
+
+    def cancelled_meanwhile(**kwargs: Any) -> None:
+        TaskRun.objects.filter(status=TaskRun.Status.RUNNING).update(
+            status=TaskRun.Status.CANCELLED
+        )
+
+    monkeypatch.setattr("tests.sample_tasks.noop", cancelled_meanwhile)
+    monkeypatch.setattr(cancelled_meanwhile, "__module__", "tests.sample_tasks")
+    outcome = run_task(Attempt(task.pk))
+
+    assert outcome.status == "cancelled" and outcome.action is Action.DONE
+    assert TaskRun.objects.get().status == "cancelled"
+    assert sent == []
+
+
+def test_the_retry_of_a_cancelled_run_is_dropped_uncalled() -> None:
+    task = make_scheduled_task("retrying", "tests.sample_tasks.always_fails", max_retries=2)
+    make_run(task, status=TaskRun.Status.CANCELLED, celery_task_id="c1", attempt=1)
+    outcome = run_task(Attempt(task.pk, number=2, celery_task_id="c1"))
+    assert outcome.action is Action.DROP
+    assert TaskRun.objects.count() == 1

@@ -10,6 +10,7 @@ from unittest import mock
 import pytest
 from django.core import mail
 from django.db import connection, connections
+from django.utils import timezone
 from freezegun import freeze_time
 
 from orchestrator import maintenance, signals
@@ -545,3 +546,26 @@ def test_one_failing_part_does_not_stop_the_others(sent, caplog) -> None:
     assert report == MaintenanceReport(runs_lost=1)
     assert "Maintenance step send_due_retries failed" in caplog.text
     assert str(report).startswith("retries sent 0, retries already run 0")
+
+
+# --- pauses that ended, runs that never started ------------------------------------------------
+
+
+def test_a_pause_that_ended_is_resumed_by_the_pass() -> None:
+    task = make_scheduled_task("paused")
+    task.pause("window", until=timezone.now() + dt.timedelta(minutes=1))
+    ScheduledTask.objects.filter(pk=task.pk).update(paused_until=NOW - dt.timedelta(seconds=1))
+    report = run_maintenance(now=at())
+    task.refresh_from_db()
+    assert (report.tasks_resumed, task.paused) == (1, False)
+
+
+def test_a_run_still_queued_hours_later_is_marked_lost() -> None:
+    task = make_scheduled_task("stale")
+    old = make_run(task, status=TaskRun.Status.QUEUED, started_at=NOW - dt.timedelta(hours=7))
+    recent = make_run(task, status=TaskRun.Status.QUEUED, started_at=NOW - dt.timedelta(hours=5))
+    report = run_maintenance(now=at())
+    old.refresh_from_db()
+    recent.refresh_from_db()
+    assert (report.queued_runs_lost, old.status, recent.status) == (1, "lost", "queued")
+    assert old.error_message.startswith("Never started")

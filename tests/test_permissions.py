@@ -53,7 +53,9 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     channel = make_channel("ops")
     world = World(definition, task, channel, make_run(task))
 
-    def fake_run_now(self: ScheduledTask, trigger: str = "manual") -> SimpleNamespace:
+    def fake_run_now(
+        self: ScheduledTask, kwargs: Any = None, user: Any = None, trigger: str = "manual"
+    ) -> SimpleNamespace:
         world.sent.append((self.pk, str(trigger)))
         return SimpleNamespace(id="celery-id")
 
@@ -100,11 +102,31 @@ def admin_action(model: str, action: str, pk: Callable[[World], int]):
     return request
 
 
-def dashboard(action: str):
+def dashboard(action: str, body: dict[str, Any] | None = None):
     def request(world: World) -> tuple[str, str, Any]:
-        return "post", reverse(f"orchestrator:task-{action}", args=[world.task.pk]), {}
+        return "post", reverse(f"orchestrator:task-{action}", args=[world.task.pk]), body or {}
 
     return request
+
+
+def dashboard_cancel(world: World) -> tuple[str, str, Any]:
+    return "post", reverse("orchestrator:run-cancel", args=[world.run.pk]), {}
+
+
+def paused(world: World) -> bool:
+    return ScheduledTask.objects.get(pk=world.task.pk).paused
+
+
+def pause_first(world: World) -> None:
+    world.task.pause("maintenance window")
+
+
+def queue_the_run(world: World) -> None:
+    TaskRun.objects.filter(pk=world.run.pk).update(status=TaskRun.Status.QUEUED)
+
+
+def cancelled(world: World) -> bool:
+    return TaskRun.objects.get(pk=world.run.pk).status == TaskRun.Status.CANCELLED
 
 
 def api(method: str, name: str, pk: Callable[[World], int] | None = None, body: Any = None):
@@ -213,6 +235,42 @@ OPERATIONS = [
         302,
         happened=lambda w: w.tested == [w.channel.pk],
     ),
+    Operation(
+        "admin",
+        "pause",
+        perm("change_scheduledtask"),
+        lambda w: (
+            "post",
+            reverse("admin:orchestrator_scheduledtask_changelist"),
+            {
+                "action": "pause",
+                "_selected_action": [w.task.pk],
+                "index": "0",
+                "apply": "1",
+                "reason": "maintenance window",
+            },
+        ),
+        302,
+        happened=paused,
+    ),
+    Operation(
+        "admin",
+        "resume",
+        perm("change_scheduledtask"),
+        admin_action("scheduledtask", "resume", task_pk),
+        302,
+        happened=lambda w: not paused(w),
+        prepare=pause_first,
+    ),
+    Operation(
+        "admin",
+        "cancel-runs",
+        perm("view_taskrun", "run_scheduledtask"),
+        admin_action("taskrun", "cancel_runs", run_pk),
+        302,
+        happened=cancelled,
+        prepare=queue_the_run,
+    ),
     # --- dashboard actions ---
     Operation(
         "dashboard",
@@ -240,6 +298,44 @@ OPERATIONS = [
         dashboard("disable"),
         302,
         happened=lambda w: not enabled(w),
+        viewer_status=403,
+    ),
+    Operation(
+        "dashboard",
+        "run-with-arguments",
+        perm("view_scheduledtask", "run_scheduledtask"),
+        dashboard("run", {"kwargs": "{}"}),
+        302,
+        happened=lambda w: w.sent == [(w.task.pk, "manual")],
+        viewer_status=403,
+    ),
+    Operation(
+        "dashboard",
+        "pause",
+        perm("change_scheduledtask"),
+        dashboard("pause", {"reason": "maintenance window"}),
+        302,
+        happened=paused,
+        viewer_status=403,
+    ),
+    Operation(
+        "dashboard",
+        "resume",
+        perm("change_scheduledtask"),
+        dashboard("resume"),
+        302,
+        happened=lambda w: not paused(w),
+        prepare=pause_first,
+        viewer_status=403,
+    ),
+    Operation(
+        "dashboard",
+        "cancel",
+        perm("view_scheduledtask", "run_scheduledtask"),
+        dashboard_cancel,
+        302,
+        happened=cancelled,
+        prepare=queue_the_run,
         viewer_status=403,
     ),
 ]
@@ -321,6 +417,54 @@ OPERATIONS += [
         happened=lambda w: w.sent == [(w.task.pk, "api")],
         viewer_status=403,
     ),
+    Operation(
+        "api",
+        "scheduledtask-pause",
+        perm("change_scheduledtask"),
+        lambda w: (
+            "post",
+            reverse("orchestrator:api-scheduled-task-pause", args=[w.task.pk]),
+            {"reason": "maintenance window"},
+        ),
+        200,
+        happened=paused,
+        viewer_status=403,
+    ),
+    Operation(
+        "api",
+        "scheduledtask-resume",
+        perm("change_scheduledtask"),
+        lambda w: (
+            "post",
+            reverse("orchestrator:api-scheduled-task-resume", args=[w.task.pk]),
+            None,
+        ),
+        200,
+        happened=lambda w: not paused(w),
+        prepare=pause_first,
+        viewer_status=403,
+    ),
+    Operation(
+        "api",
+        "scheduledtask-history",
+        perm("view_scheduledtask"),
+        lambda w: (
+            "get",
+            reverse("orchestrator:api-scheduled-task-history", args=[w.task.pk]),
+            None,
+        ),
+        200,
+    ),
+    Operation(
+        "api",
+        "taskrun-cancel",
+        perm("run_scheduledtask"),
+        lambda w: ("post", reverse("orchestrator:api-run-cancel", args=[w.run.pk]), None),
+        202,
+        happened=cancelled,
+        prepare=queue_the_run,
+        viewer_status=403,
+    ),
     Operation("api", "taskrun-list", perm("view_taskrun"), api("get", "api-run"), 200),
     Operation("api", "taskrun-retrieve", perm("view_taskrun"), api("get", "api-run", run_pk), 200),
     # The history is written by workers only: even every permission on runs cannot edit it.
@@ -389,13 +533,19 @@ def test_permission_matrix(operation: Operation, role: str, world: World) -> Non
 
 
 def test_the_matrix_covers_every_action_and_endpoint() -> None:
-    from orchestrator.admin import ScheduledTaskAdmin
+    from orchestrator.admin import ScheduledTaskAdmin, TaskRunAdmin
     from orchestrator.api.urls import router
     from orchestrator.notifications.admin import NotificationChannelAdmin
 
     names = {(op.surface, op.name) for op in OPERATIONS}
-    actions = set(ScheduledTaskAdmin.actions) | set(NotificationChannelAdmin.actions)
+    actions = (
+        set(ScheduledTaskAdmin.actions)
+        | set(NotificationChannelAdmin.actions)
+        | set(TaskRunAdmin.actions)
+    )
     assert {a.replace("_", "-") for a in actions} <= {n for s, n in names if s == "admin"}
-    assert {"run", "enable", "disable"} <= {n for s, n in names if s == "dashboard"}
+    assert {"run", "run-with-arguments", "enable", "disable", "pause", "resume", "cancel"} <= {
+        n for s, n in names if s == "dashboard"
+    }
     prefixes = {prefix for prefix, _, _ in router.registry}
     assert prefixes == {"task-definitions", "scheduled-tasks", "runs", "channels"}

@@ -334,7 +334,7 @@ def test_error_payloads_of_the_api_carry_no_exception_text(
 ) -> None:
     task = make_scheduled_task("t")
 
-    def broker_down(self: ScheduledTask, trigger: str = "manual") -> Any:
+    def broker_down(self: ScheduledTask, *args: Any, **kwargs: Any) -> Any:
         raise ConnectionError(f"redis://:{KWARGS_SECRET}@broker:6379/0 unreachable")
 
     monkeypatch.setattr(ScheduledTask, "run_now", broker_down)

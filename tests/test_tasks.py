@@ -232,4 +232,6 @@ def test_the_maintenance_task_is_registered_under_the_name_beat_sync_schedules()
         "runs_lost": 0,
         "deliveries_requeued": 0,
         "deliveries_failed": 0,
+        "tasks_resumed": 0,
+        "queued_runs_lost": 0,
     }

@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "auditlog",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 RUN_PERMISSION = "orchestrator.run_scheduledtask"
+CHANGE_PERMISSION = "orchestrator.change_scheduledtask"
 
 
 class ModelPermissions(DjangoModelPermissions):
@@ -42,3 +43,11 @@ class CanRunScheduledTask(BasePermission):
     def has_permission(self, request: Request, view: APIView) -> bool:
         user: Any = request.user
         return bool(user and user.is_authenticated and user.has_perm(RUN_PERMISSION))
+
+
+class CanChangeScheduledTask(BasePermission):
+    """``orchestrator.change_scheduledtask``: pausing and resuming, as in the admin."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user: Any = request.user
+        return bool(user and user.is_authenticated and user.has_perm(CHANGE_PERMISSION))

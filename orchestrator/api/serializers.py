@@ -100,14 +100,31 @@ class ScheduledTaskSerializer(FullCleanModelSerializer):
             "queue",
             "expires",
             "time_limit",
+            "retry_on",
+            "never_retry_on",
+            "overlap",
+            "pause_after_failures",
+            "paused",
+            "pause_reason",
+            "paused_until",
             "notification_channels",
             "periodic_task",
             "schedule_description",
             "next_run_at",
+            "version",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["periodic_task", "created_at", "updated_at"]
+        # Pausing has its own endpoints (pause/, resume/), with their own permission.
+        read_only_fields = [
+            "periodic_task",
+            "paused",
+            "pause_reason",
+            "paused_until",
+            "version",
+            "created_at",
+            "updated_at",
+        ]
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_schedule_description(self, task: ScheduledTask) -> str:
@@ -142,6 +159,11 @@ class TaskRunSerializer(serializers.ModelSerializer):
             "priority",
             "next_retry_at",
             "scheduled_for",
+            "kwargs_override",
+            "triggered_by",
+            "cancelled_by",
+            "task_version",
+            "note",
         ]
         read_only_fields = fields
 
@@ -191,3 +213,36 @@ class RunAcceptedSerializer(serializers.Serializer):
     """The answer to ``POST scheduled-tasks/<id>/run/``."""
 
     celery_task_id = serializers.CharField(help_text="Id of the Celery task sent to the workers.")
+
+
+class RunRequestSerializer(serializers.Serializer):
+    """The optional body of ``POST scheduled-tasks/<id>/run/``."""
+
+    kwargs = serializers.JSONField(
+        required=False,
+        help_text="Keyword arguments for this run only, in place of the task's, checked "
+        "against the function's signature.",
+    )
+
+
+class PauseRequestSerializer(serializers.Serializer):
+    """The body of ``POST scheduled-tasks/<id>/pause/``."""
+
+    reason = serializers.CharField(max_length=500, help_text="Why the task is paused.")
+    until = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="When the pause ends by itself (ISO 8601); leave out to pause until resumed.",
+    )
+
+
+class HistoryEntrySerializer(serializers.Serializer):
+    """One change of a scheduled task, as ``GET scheduled-tasks/<id>/history/`` lists them."""
+
+    changed_at = serializers.DateTimeField()
+    changed_by = serializers.CharField(help_text='A username, "system", or empty.')
+    source = serializers.CharField(help_text="admin, api, dashboard, system or shell.")
+    action = serializers.CharField(help_text="create, update or delete.")
+    changes = serializers.DictField(
+        help_text='Each changed field with its old and new value: {"field": [old, new]}.'
+    )

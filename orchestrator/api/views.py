@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import ProtectedError, QuerySet
 from django.utils import timezone
@@ -25,14 +26,23 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 
-from orchestrator.api.permissions import CanRunScheduledTask, ModelPermissions
+from orchestrator import history
+from orchestrator.api.permissions import (
+    CanChangeScheduledTask,
+    CanRunScheduledTask,
+    ModelPermissions,
+)
 from orchestrator.api.schema import ViewSchema
 from orchestrator.api.serializers import (
+    HistoryEntrySerializer,
     NotificationChannelSerializer,
+    PauseRequestSerializer,
     RunAcceptedSerializer,
+    RunRequestSerializer,
     ScheduledTaskSerializer,
     TaskDefinitionSerializer,
     TaskRunSerializer,
+    as_drf_error,
 )
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition, TaskRun
 
@@ -101,22 +111,27 @@ class OrchestratorViewSet(viewsets.GenericViewSet):
     schema = ViewSchema()
 
     # Writes are atomic: a model save syncs beat in its post_save receiver, and a failing sync
-    # must not leave the row changed behind a 500.
+    # must not leave the row changed behind a 500. Each is recorded in the change history as
+    # the request's user's, from the API.
     def perform_create(self, serializer: BaseSerializer) -> None:
-        with transaction.atomic():
+        with transaction.atomic(), self.changes():
             serializer.save()
 
     def perform_update(self, serializer: BaseSerializer) -> None:
-        with transaction.atomic():
+        with transaction.atomic(), self.changes():
             serializer.save()
 
     def perform_destroy(self, instance: Any) -> None:
         try:
-            with transaction.atomic():
+            with transaction.atomic(), self.changes():
                 instance.delete()
         except ProtectedError as err:
             used_by = ", ".join(sorted(str(obj) for obj in err.protected_objects)[:10])
             raise Conflict(f"“{instance}” is still used by: {used_by}.") from None
+
+
+    def changes(self) -> Any:
+        return history.changes_by(self.request.user, history.Source.API)
 
 
 class TaskDefinitionViewSet(OrchestratorViewSet, viewsets.ModelViewSet):
@@ -137,27 +152,80 @@ class ScheduledTaskViewSet(OrchestratorViewSet, viewsets.ModelViewSet):
     serializer_class = ScheduledTaskSerializer
     schema_overrides = {
         "run": {
-            "request": None,
+            "request": RunRequestSerializer,
             "responses": {
                 202: RunAcceptedSerializer,
+                400: OpenApiResponse(description="The kwargs do not fit the function."),
                 503: OpenApiResponse(description="The broker could not be reached."),
             },
-        }
+        },
+        "pause": {
+            "request": PauseRequestSerializer,
+            "responses": {
+                200: ScheduledTaskSerializer,
+                400: OpenApiResponse(description="No reason, or an end that has passed."),
+            },
+        },
+        "resume": {"request": None, "responses": {200: ScheduledTaskSerializer}},
+        "history": {"request": None, "responses": {200: HistoryEntrySerializer(many=True)}},
     }
 
     @action(detail=True, methods=["post"], permission_classes=[CanRunScheduledTask])
     def run(self, request: Request, pk: str | None = None) -> Response:
-        """Send one run of the task to the workers now, outside its schedule (trigger "api")."""
+        """Send one run of the task to the workers now, outside its schedule (trigger "api").
+
+        The body may give ``kwargs`` that replace the task's for this run only.
+        """
         # Disabled tasks are sent too, as from the admin: the worker records them as skipped.
         task = self.get_object()
+        body = RunRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        kwargs = body.validated_data.get("kwargs")
         try:
-            result = task.run_now(trigger=TaskRun.Trigger.API)
+            with transaction.atomic():
+                result = task.run_now(kwargs=kwargs, user=request.user, trigger=TaskRun.Trigger.API)
+        except DjangoValidationError as err:
+            raise as_drf_error(err) from None
         except Exception as err:
             logger.exception("API run of scheduled task %s (%s) failed", task.pk, task.name)
             raise Unavailable(
                 f"Could not send “{task}” to the workers ({type(err).__name__})."
             ) from None
         return Response({"celery_task_id": result.id}, status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=True, methods=["post"], permission_classes=[CanChangeScheduledTask])
+    def pause(self, request: Request, pk: str | None = None) -> Response:
+        """Pause the task: it keeps its schedule, its runs are skipped until it resumes."""
+        task = self.get_object()
+        body = PauseRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        until = body.validated_data.get("until")
+        try:
+            task.pause(body.validated_data["reason"], until=until, user=request.user, source="api")
+        except DjangoValidationError as err:
+            detail = as_drf_error(err).detail
+            # The body's names, not the model's.
+            renamed = {"pause_reason": "reason", "paused_until": "until"}
+            raise exceptions.ValidationError(
+                {renamed.get(key, key): value for key, value in dict(detail).items()}
+            ) from None
+        return Response(self.get_serializer(task).data)
+
+    @action(detail=True, methods=["post"], permission_classes=[CanChangeScheduledTask])
+    def resume(self, request: Request, pk: str | None = None) -> Response:
+        """End the task's pause."""
+        task = self.get_object()
+        if task.paused:
+            task.resume(user=request.user, source="api")
+        return Response(self.get_serializer(task).data)
+
+    @action(detail=True, methods=["get"])
+    def history(self, request: Request, pk: str | None = None) -> Response:
+        """The task's change history, newest first."""
+        task = self.get_object()
+        page = self.paginate_queryset(history.entries_for(task))
+        entries = HistoryEntrySerializer([history.describe(e) for e in page], many=True).data
+        return self.get_paginated_response(entries)
 
 
 def _parse_moment(name: str, value: str) -> dt.datetime:
@@ -205,8 +273,25 @@ class TaskRunViewSet(OrchestratorViewSet, viewsets.ReadOnlyModelViewSet):
 
     serializer_class = TaskRunSerializer
     pagination_class = RunPagination
-    schema_overrides = {"list": {"parameters": RUN_FILTERS}}
+    schema_overrides = {
+        "list": {"parameters": RUN_FILTERS},
+        "cancel": {
+            "request": None,
+            "responses": {
+                202: TaskRunSerializer,
+                409: OpenApiResponse(description="The run has already finished."),
+            },
+        },
+    }
     queryset = TaskRun.objects.order_by("-started_at", "-id")
+
+    @action(detail=True, methods=["post"], permission_classes=[CanRunScheduledTask])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """Cancel the run: 202 once it is cancelled, 409 when it has already finished."""
+        run = self.get_object()
+        if not run.cancel(user=request.user):
+            raise Conflict(f"Run {run.pk} has already finished ({run.get_status_display()}).")
+        return Response(TaskRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
     def get_queryset(self) -> QuerySet[TaskRun]:
         runs = super().get_queryset()

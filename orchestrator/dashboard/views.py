@@ -1,9 +1,12 @@
-"""Dashboard pages and actions: thin adapters over the models and ``stats``.
+"""Dashboard pages and actions: thin adapters over the models, ``stats`` and the operations.
 
 Every page is staff only (anonymous users go to the admin login) and needs the permission to view
-scheduled tasks; Run now needs ``orchestrator.run_scheduledtask`` and Enable/Disable the change
-permission, exactly as in the admin. Actions are plain POST forms with CSRF tokens, so everything
-works without JavaScript; they answer with a redirect back to the page they came from.
+scheduled tasks; Run now (with or without arguments) and Cancel need
+``orchestrator.run_scheduledtask``, Enable/Disable and Pause/Resume the change permission,
+exactly as in the admin and the API. Actions are plain POST forms with CSRF tokens, so
+everything works without JavaScript; they answer with a redirect back to the page they came
+from, or show the task page again with the form's errors. Every change is recorded in the
+change history as the user's, from the dashboard.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import NoReverseMatch, reverse
@@ -24,8 +28,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST, require_safe
 
-from orchestrator import charts, operations
+from orchestrator import charts, history, operations
 from orchestrator.dashboard import stats
+from orchestrator.forms import PauseForm, RunWithArgumentsForm
 from orchestrator.humanize import format_duration, retry_schedule
 from orchestrator.models import ScheduledTask, TaskRun
 from orchestrator.notifications.registry import mask_target
@@ -38,6 +43,7 @@ RUN_PERM = "orchestrator.run_scheduledtask"
 CHANGE_PERM = "orchestrator.change_scheduledtask"
 RUNS_PER_PAGE = 50
 RETRY_DELAYS_SHOWN = 5
+HISTORY_SHOWN = 20
 # Arguments are shown in full only on the admin's change form: a megabyte of JSON would make
 # this page unusable.
 KWARGS_SHOWN = 2000
@@ -96,6 +102,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         {
             "task": task,
             "runnable": task.is_runnable,
+            "paused": task.is_paused(now),
             "schedule": task.describe_schedule(),
             "next_run": task.next_run_at(now),
             "last_status": task.last_run_status,
@@ -124,17 +131,47 @@ def overview(request: HttpRequest) -> HttpResponse:
 @require_safe
 @staff_member_required
 def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    """One task: its run history (paginated), chart, retry policy, channels and admin links."""
+    """One task: its run history (paginated), chart, retry policy, channels, change history,
+    its controls and admin links."""
     _require(can_view(request.user))
     task = get_object_or_404(ScheduledTask.objects.select_related("task_definition"), pk=pk)
+    return _task_page(request, task)
+
+
+def _editable_kwargs(task: ScheduledTask) -> str:
+    """The task's kwargs to start the Run-with-arguments form from; empty when they are too
+    long to edit in a text box (the form then starts from nothing)."""
+    try:
+        text = json.dumps(task.kwargs, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):  # a row written around validation
+        return ""
+    return text if len(text) <= KWARGS_SHOWN else ""
+
+
+def _task_page(
+    request: HttpRequest,
+    task: ScheduledTask,
+    *,
+    pause_form: PauseForm | None = None,
+    run_form: RunWithArgumentsForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
     now = timezone.now()
-    runs = TaskRun.objects.filter(scheduled_task=task).order_by("-started_at", "-id")
+    runs = (
+        TaskRun.objects.filter(scheduled_task=task)
+        .select_related("triggered_by")
+        .order_by("-started_at", "-id")
+    )
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     page.object_list = list(page.object_list)
     for run in page.object_list:
         run.duration_display = format_duration(
             run.duration.total_seconds() if run.duration is not None else None
         )
+        if run.kwargs_override is not None:
+            run.kwargs_override_json = truncate(
+                json.dumps(run.kwargs_override, sort_keys=True), KWARGS_SHOWN
+            )
     try:
         policy = task.retry_policy()
         delays = retry_schedule(policy, RETRY_DELAYS_SHOWN)
@@ -165,6 +202,12 @@ def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "uses_default_channels": uses_defaults,
         "can_run": request.user.has_perm(RUN_PERM),
         "can_change": request.user.has_perm(CHANGE_PERM),
+        "paused": task.is_paused(now),
+        "pause_form": pause_form or PauseForm(),
+        "run_form": run_form or RunWithArgumentsForm(initial={"kwargs": _editable_kwargs(task)}),
+        "changes": [
+            history.describe(entry) for entry in history.entries_for(task)[:HISTORY_SHOWN]
+        ],
         "admin_task_url": _admin_url("orchestrator_scheduledtask_change", task.pk),
         "admin_definition_url": _admin_url(
             "orchestrator_taskdefinition_change", task.task_definition_id
@@ -172,18 +215,32 @@ def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "admin_runs_url": _admin_url("orchestrator_taskrun_changelist"),
         "now": now,
     }
-    return render(request, "orchestrator/task_detail.html", context)
+    return render(request, "orchestrator/task_detail.html", context, status=status)
 
 
 @require_POST
 @staff_member_required
-def run_now(request: HttpRequest, pk: int) -> HttpResponseRedirect:
-    """Send one run of the task to the workers now (trigger "manual")."""
+def run_now(request: HttpRequest, pk: int) -> HttpResponse:
+    """Send one run of the task to the workers now (trigger "manual"), with the task's own
+    arguments, or with those of the form (``kwargs``) for this run only."""
     _require(request.user.has_perm(RUN_PERM))
     task = get_object_or_404(ScheduledTask.objects.select_related("task_definition"), pk=pk)
     fallback = reverse("orchestrator:task-detail", args=[task.pk])
+    kwargs = None
+    if "kwargs" in request.POST:
+        form = RunWithArgumentsForm(request.POST)
+        if not form.is_valid():
+            return _task_page(request, task, run_form=form, status=400)
+        kwargs = form.cleaned_data["kwargs"]
     try:
-        result = task.run_now()
+        with transaction.atomic():
+            result = task.run_now(kwargs=kwargs, user=request.user)
+    except ValidationError as err:
+        form = RunWithArgumentsForm(request.POST)
+        form.is_valid()
+        for message in err.message_dict.get("kwargs", err.messages):
+            form.add_error("kwargs", message)
+        return _task_page(request, task, run_form=form, status=400)
     except Exception as err:  # the broker being down must not become a 500 page
         logger.exception("Run now of scheduled task %s (%s) failed", task.pk, task.name)
         messages.error(request, f"Could not send “{task}” to the workers: {type(err).__name__}.")
@@ -198,7 +255,8 @@ def _set_enabled(request: HttpRequest, pk: int, enabled: bool) -> HttpResponseRe
     task = get_object_or_404(ScheduledTask, pk=pk)
     fallback = reverse("orchestrator:task-detail", args=[task.pk])
     try:
-        operations.set_enabled([task.pk], enabled)
+        with history.changes_by(request.user, history.Source.DASHBOARD):
+            operations.set_enabled([task.pk], enabled)
     except Exception as err:
         logger.exception("Setting enabled=%s on scheduled task %s failed", enabled, task.pk)
         messages.error(request, f"Nothing changed: updating beat failed ({type(err).__name__}).")
@@ -219,3 +277,55 @@ def enable(request: HttpRequest, pk: int) -> HttpResponseRedirect:
 def disable(request: HttpRequest, pk: int) -> HttpResponseRedirect:
     """Disable the task and its beat entry (:func:`orchestrator.operations.set_enabled`)."""
     return _set_enabled(request, pk, False)
+
+
+@require_POST
+@staff_member_required
+def pause(request: HttpRequest, pk: int) -> HttpResponse:
+    """Pause the task with a reason and an optional end (the form's errors on the task page)."""
+    _require(request.user.has_perm(CHANGE_PERM))
+    task = get_object_or_404(ScheduledTask.objects.select_related("task_definition"), pk=pk)
+    form = PauseForm(request.POST)
+    if form.is_valid():
+        try:
+            task.pause(
+                form.cleaned_data["reason"],
+                until=form.cleaned_data["until"],
+                user=request.user,
+                source=history.Source.DASHBOARD,
+            )
+        except ValidationError as err:
+            fields = {"pause_reason": "reason", "paused_until": "until"}
+            for field, field_messages in err.message_dict.items():
+                for message in field_messages:
+                    form.add_error(fields.get(field), message)
+    if not form.is_valid():
+        return _task_page(request, task, pause_form=form, status=400)
+    messages.success(request, f"“{task}” is paused: its runs are skipped until it resumes.")
+    return _back(request, reverse("orchestrator:task-detail", args=[task.pk]))
+
+
+@require_POST
+@staff_member_required
+def resume(request: HttpRequest, pk: int) -> HttpResponseRedirect:
+    """End the task's pause."""
+    _require(request.user.has_perm(CHANGE_PERM))
+    task = get_object_or_404(ScheduledTask, pk=pk)
+    if task.paused:
+        task.resume(user=request.user, source=history.Source.DASHBOARD)
+    messages.success(request, f"“{task}” is resumed.")
+    return _back(request, reverse("orchestrator:task-detail", args=[task.pk]))
+
+
+@require_POST
+@staff_member_required
+def cancel_run(request: HttpRequest, pk: int) -> HttpResponseRedirect:
+    """Cancel a queued or running run, or the retry a failed attempt waits for."""
+    _require(request.user.has_perm(RUN_PERM))
+    run = get_object_or_404(TaskRun, pk=pk)
+    fallback = reverse("orchestrator:task-detail", args=[run.scheduled_task_id])
+    if run.cancel(user=request.user):
+        messages.success(request, f"Run {run.pk} is cancelled.")
+    else:
+        messages.warning(request, f"Run {run.pk} had already finished; nothing was cancelled.")
+    return _back(request, fallback)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.db import transaction
 from django.utils import timezone
@@ -101,6 +101,7 @@ def alert_from_run(event: str, run: TaskRun) -> Alert:
         next_retry_at=run.next_retry_at if event == Event.RETRY else None,
         run_id=run.pk,
         run_url=run_url(run.pk) if run.pk else "",
+        note=truncate(run.note or "", limit),
     )
 
 
@@ -144,9 +145,10 @@ def _record(
     )
 
 
-def notify_run(event: str, run: TaskRun) -> list[NotificationDelivery]:
+def notify_run(event: str, run: TaskRun, *, note: str = "") -> list[NotificationDelivery]:
     """Apply each channel's alert policy to ``event`` about ``run``; queue the sends.
 
+    ``note`` replaces the run's own in the alert (a pause says why the task was paused).
     Returns the delivery rows written (pending ones are sent after the transaction commits).
     """
     if event == Event.RECOVERY:
@@ -156,6 +158,8 @@ def notify_run(event: str, run: TaskRun) -> list[NotificationDelivery]:
     if not channels:
         return []
     alert = alert_from_run(event, run)
+    if note:
+        alert = replace(alert, note=truncate(note, ALERT_ERROR_CHARS))
     in_a_row = 1
     if event == Event.FAILURE and any(c.alert_after_failures > 1 for c in channels):
         in_a_row = consecutive_failures(task)

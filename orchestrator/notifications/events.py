@@ -29,10 +29,11 @@ class Event(models.TextChoices):
     FAILURE = "failure", "Final failure"
     RECOVERY = "recovery", "Recovery"
     REPORT = "report", "Failure report"
+    PAUSED = "paused", "Paused by the circuit breaker"
 
 
 # The events a single run can cause an alert for (a report is about many runs).
-RUN_EVENTS = (Event.RETRY, Event.FAILURE, Event.RECOVERY)
+RUN_EVENTS = (Event.RETRY, Event.FAILURE, Event.RECOVERY, Event.PAUSED)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -71,6 +72,7 @@ class Alert:
     run_url: str = ""
     suppressed_count: int = 0
     consecutive_failures: int = 0
+    note: str = ""  # why: "not retried: ValueError matches never_retry_on", a pause's reason
 
     def with_counts(self, suppressed_count: int, consecutive_failures: int = 0) -> Alert:
         return replace(

@@ -17,6 +17,7 @@ EVENT_WORDS = {
     "retry": "RETRYING",
     "recovery": "RECOVERED",
     "report": "REPORT",
+    "paused": "PAUSED",
     TEST_EVENT: "TEST",
 }
 # Control characters (newlines included) would let a task name or error text forge email
@@ -46,6 +47,16 @@ def headline(alert: Alert) -> str:
 def summary(alert: Alert) -> str:
     """One sentence on what happened and what happens next."""
     name = one_line(alert.task_name)
+    if alert.event == "paused":
+        return (
+            f"{name} was paused ({one_line(alert.note)}); its runs are skipped until someone "
+            "resumes it."
+        )
+    if alert.event == "failure" and alert.note:
+        return (
+            f"{name} failed and is {one_line(alert.note)} (attempt {alert.attempt} of "
+            f"{alert.max_attempts}); it runs again at its next scheduled time."
+        )
     if alert.event == "failure":
         if alert.attempt >= alert.max_attempts:
             return (

@@ -41,8 +41,19 @@ def on_recovered(sender: Any, run: TaskRun | None = None, **kwargs: Any) -> None
     _notify(Event.RECOVERY, run)
 
 
+def on_paused(sender: Any, run: TaskRun | None = None, **kwargs: Any) -> None:
+    if run is None:
+        return
+    task = kwargs.get("scheduled_task")
+    try:
+        delivery.notify_run(Event.PAUSED, run, note=getattr(task, "pause_reason", ""))
+    except Exception:
+        logger.exception("Could not process paused notifications for run %s", run.pk)
+
+
 def connect() -> None:
     """Connect the receivers (idempotent: each has a dispatch_uid)."""
     signals.task_retrying.connect(on_retrying, dispatch_uid="orchestrator.notify.retrying")
     signals.task_failed.connect(on_failed, dispatch_uid="orchestrator.notify.failed")
     signals.task_recovered.connect(on_recovered, dispatch_uid="orchestrator.notify.recovered")
+    signals.task_paused.connect(on_paused, dispatch_uid="orchestrator.notify.paused")

@@ -4,6 +4,12 @@ Nothing in this package imports Django or Celery, so every decision can be teste
 values and exact tables.
 """
 
-from orchestrator.policies.retry import BackoffKind, RetryDecision, RetryPolicy
+from orchestrator.policies.retry import (
+    BackoffKind,
+    RetryDecision,
+    RetryPolicy,
+    exception_names,
+    match_rule,
+)
 
-__all__ = ["BackoffKind", "RetryDecision", "RetryPolicy"]
+__all__ = ["BackoffKind", "RetryDecision", "RetryPolicy", "exception_names", "match_rule"]

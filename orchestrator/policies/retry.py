@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import random as _random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -28,12 +28,34 @@ class BackoffKind(enum.StrEnum):
 
 @dataclass(frozen=True)
 class RetryDecision:
-    """What to do after attempt ``attempt`` failed."""
+    """What to do after attempt ``attempt`` failed; ``reason`` says why an error is not retried
+    when an exception rule, not the attempt count, decided it."""
 
     retry: bool
     countdown: float = 0.0
     attempt: int = 1
     max_attempts: int = 1
+    reason: str = ""
+
+
+def exception_names(exception_type: type[BaseException]) -> tuple[str, ...]:
+    """The names a rule may use for ``exception_type`` or any of its bases, most specific first:
+    ``requests.exceptions.Timeout`` and ``Timeout``, then its bases likewise. Builtins are named
+    both bare (``ConnectionError``) and dotted (``builtins.ConnectionError``)."""
+    names: list[str] = []
+    for cls in exception_type.__mro__:
+        if cls is object:
+            continue
+        names.append(f"{cls.__module__}.{cls.__qualname__}")
+        names.append(cls.__qualname__)
+    return tuple(names)
+
+
+def match_rule(rules: Sequence[str], names: Sequence[str]) -> str | None:
+    """The first of ``names`` (an exception's, from :func:`exception_names`) that a rule in
+    ``rules`` names, or None."""
+    wanted = set(rules)
+    return next((name for name in names if name in wanted), None)
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,10 @@ class RetryPolicy:
     delay: float = 60.0
     backoff_max: float | None = None
     jitter: bool = False
+    # Exception rules, by class name (bare or dotted), matched against the error and its bases:
+    # an empty ``retry_on`` lets any error be retried; ``never_retry_on`` wins over it.
+    retry_on: tuple[str, ...] = ()
+    never_retry_on: tuple[str, ...] = ()
     random: Callable[[], float] = field(default=_random.random, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +93,8 @@ class RetryPolicy:
         if self.backoff_max is not None and self.backoff_max < 0:
             raise ValueError("backoff_max must be 0 or more")
         object.__setattr__(self, "backoff", BackoffKind(self.backoff))
+        object.__setattr__(self, "retry_on", tuple(self.retry_on))
+        object.__setattr__(self, "never_retry_on", tuple(self.never_retry_on))
 
     @property
     def max_attempts(self) -> int:
@@ -95,8 +123,22 @@ class RetryPolicy:
             return base
         return base / 2 + self.random() * base / 2
 
-    def decide(self, failed_attempt: int) -> RetryDecision:
-        """Decide what follows the failure of attempt ``failed_attempt`` (1-based)."""
+    def retryable(self, names: Sequence[str]) -> str:
+        """Why an error named ``names`` (see :func:`exception_names`) may not be retried at
+        all, or "" when the exception rules allow it."""
+        if names and (never := match_rule(self.never_retry_on, names)):
+            return f"not retried: {names[1]} matches never_retry_on ({never})"
+        if names and self.retry_on and not match_rule(self.retry_on, names):
+            return f"not retried: {names[1]} is not in retry_on"
+        return ""
+
+    def decide(self, failed_attempt: int, names: Sequence[str] = ()) -> RetryDecision:
+        """Decide what follows the failure of attempt ``failed_attempt`` (1-based) with an error
+        named ``names`` (its class and bases, from :func:`exception_names`)."""
+        if reason := self.retryable(names):
+            return RetryDecision(
+                retry=False, attempt=failed_attempt, max_attempts=self.max_attempts, reason=reason
+            )
         if failed_attempt <= self.max_retries:
             return RetryDecision(
                 retry=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.contrib import admin
@@ -22,6 +23,7 @@ from tests.utils import make_staff_user as make_user
 pytestmark = pytest.mark.django_db
 
 DASHBOARD = reverse("orchestrator:dashboard")
+VIEW = ("orchestrator.view_scheduledtask",)
 
 
 def client_for(user: User | None, **kwargs: Any) -> Client:
@@ -41,7 +43,9 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
     """Record run_now() calls instead of sending to a broker (the API test covers the worker)."""
     calls: list[tuple[int, str]] = []
 
-    def fake_run_now(self: ScheduledTask, trigger: str = "manual") -> SimpleNamespace:
+    def fake_run_now(
+        self: ScheduledTask, kwargs: Any = None, user: Any = None, trigger: str = "manual"
+    ) -> SimpleNamespace:
         calls.append((self.pk, str(trigger)))
         return SimpleNamespace(id=f"celery-{len(calls)}")
 
@@ -223,7 +227,7 @@ def test_running_a_disabled_task_sends_it_and_says_the_worker_will_skip_it(
 def test_a_broker_error_becomes_a_message_not_a_server_error(
     task: ScheduledTask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: ScheduledTask, trigger: str = "manual") -> None:
+    def broken(self: ScheduledTask, *args: Any, **kwargs: Any) -> None:
         raise ConnectionRefusedError("broker down")
 
     monkeypatch.setattr(ScheduledTask, "run_now", broken)
@@ -456,3 +460,97 @@ def test_query_counts_stay_flat_with_10000_runs_and_more_tasks() -> None:
     assert detail == detail_last_page
     assert detail <= 12, detail
     print(f"queries: overview {overview_many}, detail {detail}")  # shown with -s
+
+
+# --- operator controls ------------------------------------------------------------------------
+
+
+def detail(task: ScheduledTask) -> str:
+    return reverse("orchestrator:task-detail", args=[task.pk])
+
+
+def test_pausing_shows_the_reason_and_end_and_resuming_ends_it(
+    admin_client_: Client, task: ScheduledTask
+) -> None:
+    until = (timezone.localtime() + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    response = admin_client_.post(
+        reverse("orchestrator:task-pause", args=[task.pk]),
+        {"reason": "deploy freeze", "until": until},
+    )
+    assert response.status_code == 302
+    page = admin_client_.get(detail(task)).content.decode()
+    assert "Paused: deploy freeze" in page and "resumes by itself at" in page
+    overview = admin_client_.get(DASHBOARD + "?enabled=paused").content.decode()
+    assert f'id="task-{task.pk}"' in overview and "deploy freeze" in overview
+    admin_client_.post(reverse("orchestrator:task-resume", args=[task.pk]))
+    task.refresh_from_db()
+    assert task.paused is False
+    after = admin_client_.get(DASHBOARD + "?enabled=paused").content.decode()
+    assert f'id="task-{task.pk}"' not in after
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"reason": ""}, "This field is required."),
+        ({"reason": "x", "until": "2020-01-01T10:00"}, "This time has passed"),
+        ({"reason": "x", "until": "soon"}, "Enter a valid date/time."),
+    ],
+)
+def test_a_bad_pause_shows_the_form_again_with_its_error(
+    admin_client_: Client, task: ScheduledTask, body: dict, error: str
+) -> None:
+    response = admin_client_.post(reverse("orchestrator:task-pause", args=[task.pk]), body)
+    assert response.status_code == 400
+    assert error in response.content.decode()
+    task.refresh_from_db()
+    assert task.paused is False
+
+
+def test_run_with_arguments_that_do_not_fit_shows_the_error_on_the_form(
+    admin_client_: Client,
+) -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    response = admin_client_.post(
+        reverse("orchestrator:task-run", args=[task.pk]), {"kwargs": '{"zzz": 1}'}
+    )
+    assert response.status_code == 400
+    assert "Unknown argument(s) zzz" in response.content.decode()
+    response = admin_client_.post(
+        reverse("orchestrator:task-run", args=[task.pk]), {"kwargs": "{not json"}
+    )
+    assert (response.status_code, "Enter a valid JSON" in response.content.decode()) == (400, True)
+    assert not TaskRun.objects.exists()
+
+
+def test_run_with_arguments_sends_them(admin_client_: Client, sent: list) -> None:
+    task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
+    response = admin_client_.post(
+        reverse("orchestrator:task-run", args=[task.pk]), {"kwargs": '{"a": 2}'}
+    )
+    assert response.status_code == 302
+    assert sent == [(task.pk, "manual")]
+
+
+def test_queued_and_running_runs_offer_cancel_to_those_who_may_run(
+    task: ScheduledTask,
+) -> None:
+    queued = make_run(task, status=TaskRun.Status.QUEUED, celery_task_id="c1")
+    done = make_run(task, status=TaskRun.Status.SUCCEEDED)
+    cancel = reverse("orchestrator:run-cancel", args=[queued.pk])
+    runner = client_for(make_user("runner", *VIEW, "orchestrator.run_scheduledtask"))
+    page = runner.get(detail(task)).content.decode()
+    assert cancel in page
+    assert reverse("orchestrator:run-cancel", args=[done.pk]) not in page
+    viewer = client_for(make_user("viewer", *VIEW))
+    assert cancel not in viewer.get(detail(task)).content.decode()
+    with mock.patch("celery.current_app.control.revoke"):
+        assert runner.post(cancel).status_code == 302
+    queued.refresh_from_db()
+    assert (queued.status, queued.note) == ("cancelled", "cancelled by runner")
+
+
+def test_the_task_page_shows_its_change_history(admin_client_: Client, task: ScheduledTask):
+    task.pause("a reason")
+    page = admin_client_.get(detail(task)).content.decode()
+    assert "Change history" in page and "pause_reason" in page and "shell" in page

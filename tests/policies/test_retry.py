@@ -79,3 +79,62 @@ def test_invalid_policies_are_refused(kwargs):
 def test_base_delay_is_one_based():
     with pytest.raises(ValueError):
         RetryPolicy().base_delay(0)
+
+
+class Timeout(ConnectionError):
+    """A subclass, as requests.exceptions.Timeout is one of OSError's family."""
+
+
+Timeout.__module__ = "requests.exceptions"
+
+
+def test_exception_names_cover_the_class_and_its_bases_bare_and_dotted():
+    from orchestrator.policies.retry import exception_names
+
+    names = exception_names(Timeout)
+    assert names[:4] == (
+        "requests.exceptions.Timeout",
+        "Timeout",
+        "builtins.ConnectionError",
+        "ConnectionError",
+    )
+    assert "OSError" in names and "Exception" in names and "BaseException" in names
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "never_retry_on", "error", "decision"),
+    [
+        ((), (), ValueError, "retry"),
+        (
+            (),
+            ("ValueError",),
+            ValueError,
+            "not retried: ValueError matches never_retry_on (ValueError)",
+        ),
+        (("ConnectionError",), (), Timeout, "retry"),  # a subclass matches its base's rule
+        (("requests.exceptions.Timeout",), (), Timeout, "retry"),
+        (("ConnectionError",), (), ValueError, "not retried: ValueError is not in retry_on"),
+        (
+            ("OSError",),
+            ("Timeout",),
+            Timeout,
+            "not retried: Timeout matches never_retry_on (Timeout)",
+        ),
+        (("Exception",), ("builtins.KeyError",), LookupError, "retry"),
+    ],
+)
+def test_exception_rules_decide_before_the_attempt_count(retry_on, never_retry_on, error, decision):
+    from orchestrator.policies.retry import exception_names
+
+    policy = RetryPolicy(max_retries=3, delay=1, retry_on=retry_on, never_retry_on=never_retry_on)
+    outcome = policy.decide(1, exception_names(error))
+    assert (outcome.reason or "retry") == decision
+    assert outcome.retry is (decision == "retry")
+
+
+def test_a_retryable_error_still_stops_at_max_retries():
+    from orchestrator.policies.retry import exception_names
+
+    policy = RetryPolicy(max_retries=1, delay=1, retry_on=("ValueError",))
+    assert policy.decide(2, exception_names(ValueError)).retry is False
+    assert policy.decide(2, exception_names(ValueError)).reason == ""
