@@ -208,6 +208,10 @@ def _task_page(
         "changes": [
             history.describe(entry) for entry in history.entries_for(task)[:HISTORY_SHOWN]
         ],
+        # Where the page's forms come back to: this page, also when it is shown again by a
+        # POST whose form had errors (the request's own path is then the action's).
+        "here": reverse("orchestrator:task-detail", args=[task.pk])
+        + (f"?page={page.number}" if page.number > 1 else ""),
         "admin_task_url": _admin_url("orchestrator_scheduledtask_change", task.pk),
         "admin_definition_url": _admin_url(
             "orchestrator_taskdefinition_change", task.task_definition_id
@@ -230,7 +234,7 @@ def run_now(request: HttpRequest, pk: int) -> HttpResponse:
     if "kwargs" in request.POST:
         form = RunWithArgumentsForm(request.POST)
         if not form.is_valid():
-            return _task_page(request, task, run_form=form, status=400)
+            return _task_page(request, task, run_form=form)
         kwargs = form.cleaned_data["kwargs"]
     try:
         with transaction.atomic():
@@ -240,7 +244,7 @@ def run_now(request: HttpRequest, pk: int) -> HttpResponse:
         form.is_valid()
         for message in err.message_dict.get("kwargs", err.messages):
             form.add_error("kwargs", message)
-        return _task_page(request, task, run_form=form, status=400)
+        return _task_page(request, task, run_form=form)
     except Exception as err:  # the broker being down must not become a 500 page
         logger.exception("Run now of scheduled task %s (%s) failed", task.pk, task.name)
         messages.error(request, f"Could not send “{task}” to the workers: {type(err).__name__}.")
@@ -300,7 +304,7 @@ def pause(request: HttpRequest, pk: int) -> HttpResponse:
                 for message in field_messages:
                     form.add_error(fields.get(field), message)
     if not form.is_valid():
-        return _task_page(request, task, pause_form=form, status=400)
+        return _task_page(request, task, pause_form=form)
     messages.success(request, f"“{task}” is paused: its runs are skipped until it resumes.")
     return _back(request, reverse("orchestrator:task-detail", args=[task.pk]))
 

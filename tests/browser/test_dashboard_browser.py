@@ -165,3 +165,55 @@ def test_screenshot_of_the_dashboard_with_history(live_server, page) -> None:
     if os.environ.get("ORCHESTRATOR_UPDATE_SCREENSHOT"):
         (ROOT / "docs").mkdir(exist_ok=True)
         page.screenshot(path=str(ROOT / "docs" / "dashboard.png"), full_page=True)
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+def test_pause_resume_run_with_arguments_and_cancel_from_the_dashboard(
+    live_server, start_worker, page, scratch_dir: Path
+) -> None:
+    User.objects.create_superuser("operator", "ops@example.com", PASSWORD)
+    log = scratch_dir / "calls.log"
+    task = make_scheduled_task(
+        "browser-record",
+        "tests.sample_tasks.record_and_wait",
+        cron="0 5 * * *",
+        kwargs={"log_file": str(log), "label": "usual", "seconds": 0},
+    )
+    start_worker(concurrency=1)
+    log_in(page, live_server.url, "operator")
+    page.goto(f"{live_server.url}/tasks/{task.pk}/")
+
+    # Pause with a reason: the page says so, the overview's filter finds it; then resume.
+    page.fill("#pause-controls input[name=reason]", "deploy freeze")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Pause: browser-record").click()
+    assert "Paused: deploy freeze" in page.locator(".paused-note").inner_text()
+    page.goto(f"{live_server.url}/?enabled=paused")
+    assert page.locator(f"tr#task-{task.pk}").count() == 1
+    page.goto(f"{live_server.url}/tasks/{task.pk}/")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Resume: browser-record").click()
+    assert page.locator(".paused-note").count() == 0
+
+    # Arguments that do not fit come back on the form; good ones reach the function.
+    page.fill("#run-with-arguments textarea[name=kwargs]", '{"nope": 1}')
+    with page.expect_navigation():
+        page.get_by_role("button", name="Run with arguments: browser-record").click()
+    assert "Unknown argument(s) nope" in page.locator("#run-with-arguments").inner_text()
+    arguments = f'{{"log_file": "{log}", "label": "special", "seconds": 20}}'
+    page.fill("#run-with-arguments textarea[name=kwargs]", arguments)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Run with arguments: browser-record").click()
+    running = wait_for_row(page, "tr.run-row[data-status=running]")
+    assert "own arguments" in running.inner_text()
+
+    # Cancel the running run; the change history lists the pause and the resume.
+    with page.expect_navigation():
+        running.query_selector("button").click()
+    cancelled = wait_for_row(page, "tr.run-row[data-status=cancelled]")
+    assert "cancelled by operator" in cancelled.inner_text()
+    assert log.read_text().split() == ["special"]
+    changes = page.locator("#history").inner_text()
+    assert "pause_reason" in changes and "dashboard" in changes
+    page.screenshot(path=str(ARTIFACTS / "browser-operator-controls.png"), full_page=True)
