@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup browser demo test lint bench
+.PHONY: setup browser demo test lint bench docs
 
 setup: $(VENV)/.installed
 
@@ -28,3 +28,8 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench $(ARGS)
+
+# The documentation site, into site/ (a broken link or anchor fails the build).
+docs: setup
+	$(PY) -m pip install --quiet -e '.[docs]'
+	$(VENV)/bin/mkdocs build --strict
