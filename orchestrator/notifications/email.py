@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.mail import BadHeaderError, EmailMultiAlternatives, get_connection
+from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.validators import validate_email
 from django.template.loader import render_to_string
 
@@ -102,8 +102,6 @@ def classify(err: Exception) -> NotificationError:
             f"SMTP error {err.smtp_code}: {redact(_decode(err.smtp_error))}",
             permanent=err.smtp_code >= 500,
         )
-    if isinstance(err, BadHeaderError):
-        return NotificationError(f"Invalid email header: {err}", permanent=True)
     if type(err).__module__.startswith("anymail"):
         status = getattr(err, "status_code", None)
         permanent = name in {"AnymailRecipientsRefused", "AnymailConfigurationError"} or (
@@ -113,6 +111,11 @@ def classify(err: Exception) -> NotificationError:
             f"Email provider error {name}" + (f" (HTTP {status})" if status else ""),
             permanent=permanent,
         )
+    if isinstance(err, ValueError):
+        # A header with a line break or an address Django cannot encode: Django up to 5.2 raises
+        # BadHeaderError (a ValueError), Django 6.0 Python's email package's own ValueError
+        # (BadHeaderError is deprecated there). The same message fails the same way again.
+        return NotificationError(f"Invalid email header or address: {err}", permanent=True)
     # Refused connections, timeouts, dropped sessions: worth another try.
     return NotificationError(f"Email not sent: {name}: {redact(str(err))}")
 

@@ -3,6 +3,7 @@ import smtplib
 import pytest
 from django.core import mail
 from django.core.exceptions import ValidationError
+from django.core.mail import EmailMessage
 
 from orchestrator.notifications.email import EmailChannel, classify
 from orchestrator.notifications.events import Alert
@@ -114,6 +115,16 @@ def test_newlines_in_task_names_cannot_inject_headers():
     assert "\nX-Injected" not in header_block
     assert message.bcc == []
     assert message.recipients() == ["ops@example.com"]
+
+
+def test_a_header_the_email_backend_refuses_is_a_permanent_error():
+    # Django up to 5.2 raises BadHeaderError, Django 6.0 Python's own ValueError: both are
+    # ValueErrors, and classify() must not touch the deprecated BadHeaderError name.
+    with pytest.raises(ValueError) as refused:
+        EmailMessage("line\nbreak", "body", "from@example.com", ["to@example.com"]).send()
+    error = classify(refused.value)
+    assert error.permanent
+    assert str(error).startswith("Invalid email header or address: ")
 
 
 def test_email_has_text_and_html_parts():
