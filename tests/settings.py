@@ -17,7 +17,13 @@ ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 TIME_ZONE = "UTC"
 ROOT_URLCONF = "tests.urls"
-DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# A project's DEFAULT_AUTO_FIELD must not change orchestrator's tables (tests/test_migrations.py
+# runs with "django.db.models.AutoField" and with none at all, Django's own default).
+DEFAULT_AUTO_FIELD = os.environ.get(
+    "ORCHESTRATOR_TEST_DEFAULT_AUTO_FIELD", "django.db.models.BigAutoField"
+)
+if not DEFAULT_AUTO_FIELD:
+    del DEFAULT_AUTO_FIELD
 
 INSTALLED_APPS = [
     "django.contrib.admin",

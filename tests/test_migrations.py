@@ -1,8 +1,43 @@
+import os
+import subprocess
+import sys
+
 import pytest
+from django.apps import apps
 from django.core.management import call_command
+from django.db import models
+
+from tests.support.processes import ROOT
 
 
 @pytest.mark.django_db
 def test_every_model_change_has_a_migration():
     # Exits with SystemExit(1) when makemigrations would write a migration.
     call_command("makemigrations", "orchestrator", "--check", "--dry-run", verbosity=0)
+
+
+def test_every_table_has_a_bigint_key_whatever_the_project_default():
+    for model in apps.get_app_config("orchestrator").get_models(include_auto_created=True):
+        assert isinstance(model._meta.pk, models.BigAutoField), model
+
+
+# Django up to 5.2 defaults DEFAULT_AUTO_FIELD to AutoField (startproject sets BigAutoField),
+# Django 6.0 to BigAutoField: the app config pins BigAutoField, so no project setting asks for a
+# migration. A new process, since the setting is read when the models are built.
+@pytest.mark.parametrize("default_auto_field", ["django.db.models.AutoField", ""])
+def test_the_project_default_auto_field_asks_for_no_migration(default_auto_field: str) -> None:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": "sqlite://:memory:",
+        "ORCHESTRATOR_TEST_DEFAULT_AUTO_FIELD": default_auto_field,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "makemigrations", "orchestrator", "--check", "--dry-run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
