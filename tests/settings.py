@@ -98,6 +98,8 @@ if os.environ.get("ORCHESTRATOR_TEST_VISIBILITY_TIMEOUT"):
         unacked_restore_interval=1,
         unacked_restore_throttle=1,
     )
+# RabbitMQ honours priorities only in queues declared with x-max-priority.
+CELERY_TASK_QUEUE_MAX_PRIORITY = 10
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
