@@ -12,6 +12,31 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 ARTIFACTS.mkdir(exist_ok=True)
 
 
+# Tests that prove what one broker does (Redis's visibility timeout, RabbitMQ dropping a lost
+# connection's messages back in the queue) run in the CI leg of that broker and are deselected,
+# not skipped, in the others.
+BROKER_MARKERS = {
+    "redis": ("redis://", "rediss://"),
+    "rabbitmq": ("amqp://", "amqps://", "pyamqp://"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from django.conf import settings
+
+    broker = settings.CELERY_BROKER_URL or ""
+    keep, other_broker = [], []
+    for item in items:
+        needs = [name for name in BROKER_MARKERS if item.get_closest_marker(name)]
+        if any(not broker.startswith(BROKER_MARKERS[name]) for name in needs):
+            other_broker.append(item)
+        else:
+            keep.append(item)
+    if other_broker:
+        config.hook.pytest_deselected(items=other_broker)
+        items[:] = keep
+
+
 def services_required() -> bool:
     """In CI the integration tests must run: an unreachable service fails them, never skips."""
     return os.environ.get("ORCHESTRATOR_REQUIRE_SERVICES", "") not in ("", "0", "false")

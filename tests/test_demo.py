@@ -163,6 +163,7 @@ def demo_redis_url() -> str:
 
 
 @pytest.mark.integration
+@pytest.mark.redis
 def test_check_mode_with_redis_sends_native_priorities(
     launch: Callable[..., Demo], tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ from django_celery_beat.schedulers import DatabaseScheduler
 
 from orchestrator.beat_sync import periodic_task_name
 from orchestrator.models import TaskRun
+from orchestrator.routing import native_priority
 from tests.celery_app import app
 from tests.integration.conftest import wait_until
 from tests.utils import make_scheduled_task
@@ -55,7 +56,8 @@ def test_beat_sends_a_synced_entry_and_the_worker_runs_it(start_worker, start_be
     task.priority = 7
     task.full_clean()
     task.save()
-    assert PeriodicTask.objects.get(pk=periodic.pk).priority == 2  # Redis: 9 - 7
+    # In the broker's direction: 2 on Redis (9 - 7), 7 on RabbitMQ.
+    assert PeriodicTask.objects.get(pk=periodic.pk).priority == native_priority(7)
     beat.wait_for_log("DatabaseScheduler: Schedule changed.", timeout=20)
 
 

@@ -1,9 +1,10 @@
 """What production does to the dispatcher, done to real processes: killed workers, a restarted
 broker, a dropped database connection, two beats.
 
-Each test drives real Celery workers (and beat) through Redis and reads the history they wrote
-in PostgreSQL. Waits poll with generous limits; the only fixed pauses are the faults' own
-lengths (how long the broker stays down).
+Each test drives real Celery workers (and beat) through the broker of CELERY_BROKER_URL (Redis or
+RabbitMQ; tests marked ``redis`` or ``rabbitmq`` prove what only that broker does) and reads the
+history they wrote in PostgreSQL. Waits poll with generous limits; the only fixed pauses are the
+faults' own lengths (how long the broker stays down).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ HOOKS = ["tests.integration.fault_hooks"]
 # A cron that fires on January 1st only, so beat leaves these tasks alone: the test sends their
 # runs itself, and counts them.
 NEVER = "0 0 1 1 *"
-# The worker that picks up a dead worker's message: Redis gives it back after this many seconds.
+# The worker that picks up a dead worker's message: Redis gives it back after this many seconds
+# (RabbitMQ as soon as the dead worker's connection closes).
 VISIBILITY = {"ORCHESTRATOR_TEST_VISIBILITY_TIMEOUT": "5"}
 
 
@@ -241,6 +243,7 @@ def succeeded(*tasks: ScheduledTask) -> bool:
 
 
 # own_redis first: it stops after the worker and beat, not under them.
+@pytest.mark.redis
 def test_a_broker_restart_crashes_nothing_and_loses_no_accepted_run(
     own_redis: RedisServer, start_worker, start_beat, scratch_dir: Path
 ) -> None:
@@ -292,6 +295,55 @@ def test_a_broker_restart_crashes_nothing_and_loses_no_accepted_run(
     assert not TaskRun.objects.exclude(status=TaskRun.Status.SUCCEEDED).exists()
     assert re.search(r"Cannot connect to redis://|Connection to broker lost", worker.log())
     beat.wait_for_log(f"Sending due task {periodic_task_name(beat_after.pk)}", timeout=5)
+
+
+def close_broker_connections(broker_url: str) -> None:
+    """Make RabbitMQ close every client connection of the test's virtual host."""
+    from kombu import Connection
+
+    vhost = Connection(broker_url).virtual_host or "/"
+    subprocess.run(
+        ["rabbitmqctl", "close_all_connections", "--vhost", vhost, "closed by the fault test"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.rabbitmq
+def test_a_broker_connection_lost_mid_run_runs_it_once_and_the_worker_carries_on(
+    broker_url: str, start_worker, scratch_dir: Path
+) -> None:
+    log = scratch_dir / "calls.log"
+    slow = recorder("slow", log, seconds=4)
+    later = recorder("later", log)
+    worker = start_worker()
+
+    enqueue(slow)
+    wait_until(
+        lambda: (
+            "slow" in calls(log)
+            or TaskRun.objects.filter(scheduled_task=slow, status=TaskRun.Status.RUNNING).exists()
+        ),
+        timeout=30,
+    )
+    # RabbitMQ has no visibility timeout: it puts a consumer's unacknowledged messages back in
+    # the queue the moment its connection closes, here while the run is still in the function.
+    close_broker_connections(broker_url)
+    worker.wait_for_log("Connection to broker lost", timeout=30)
+
+    # The worker reconnects by itself; the run it was in finishes, and the copy RabbitMQ gave
+    # back is dropped by the dispatcher because that attempt has finished.
+    worker.wait_for_log(
+        "Task 'slow' attempt 1 was delivered again after it had finished", timeout=60
+    )
+    enqueue(later)
+    wait_until(lambda: succeeded(slow, later), timeout=60)
+    assert calls(log) == ["slow", "later"]
+    assert list(TaskRun.objects.filter(scheduled_task=slow).values_list("attempt", "status")) == [
+        (1, "succeeded")
+    ]
+    assert worker.process.poll() is None
 
 
 # --- 3. the database connection dropped ----------------------------------------------------

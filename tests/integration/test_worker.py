@@ -1,4 +1,4 @@
-"""The dispatcher behind a real Celery worker, a real Redis broker and PostgreSQL.
+"""The dispatcher behind a real Celery worker, a real broker (Redis or RabbitMQ) and PostgreSQL.
 
 Each test starts its own worker subprocess (see conftest.py) and drives it only through the
 broker, as beat and the admin do; assertions read the run history the worker wrote.

@@ -1,4 +1,5 @@
-"""Alerts through a real Celery worker, Redis, PostgreSQL, a Slack look-alike and SMTP.
+"""Alerts through a real Celery worker and broker (Redis or RabbitMQ), PostgreSQL, a Slack
+look-alike and SMTP.
 
 The worker runs the scheduled task through the dispatcher; its signals queue the deliveries on
 the notification queue, which the worker (or a second one) consumes. Assertions read what the
