@@ -7,7 +7,7 @@
 * orchestrator.W001: ALLOWED_TASK_MODULES is empty, so no task can be defined.
 * orchestrator.W002: priorities are set, but workers prefetch more than one message.
 * orchestrator.W003: priorities are set, but the dispatch task is not acknowledged late.
-* orchestrator.W004: priorities are set on RabbitMQ, but queues have no x-max-priority.
+* orchestrator.W004: the broker is RabbitMQ, but queues are declared without x-max-priority.
 * orchestrator.W005: priorities are set, but the broker transport has no priorities.
 * orchestrator.W006: a Slack channel posts with the bot token, but no token is configured.
 """
@@ -170,16 +170,24 @@ def check_priority_support(
                 id="orchestrator.W003",
             )
         )
-    if transport in HIGH_FIRST_TRANSPORTS and not celery_conf.task_queue_max_priority:
-        problems.append(
-            Warning(
-                "Scheduled tasks have priorities, but RabbitMQ queues are declared without "
-                "x-max-priority, so RabbitMQ ignores them.",
-                hint="Set CELERY_TASK_QUEUE_MAX_PRIORITY = 10 (and re-create existing queues).",
-                id="orchestrator.W004",
-            )
-        )
     return problems
+
+
+@register(Tags.compatibility)
+def check_rabbitmq_queue_priority(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    # Not gated on priorities being in use: an operator can set one in the admin at any time,
+    # and a queue's x-max-priority is fixed when the queue is first declared (RabbitMQ refuses
+    # to redeclare it with other arguments), so the setting must be there before the first run.
+    if broker_transport() not in HIGH_FIRST_TRANSPORTS or _celery_conf().task_queue_max_priority:
+        return []
+    return [
+        Warning(
+            "The broker is RabbitMQ, but queues are declared without x-max-priority, so "
+            "RabbitMQ ignores the priorities of scheduled tasks and serves runs in arrival order.",
+            hint="Set CELERY_TASK_QUEUE_MAX_PRIORITY = 10 (and re-create existing queues).",
+            id="orchestrator.W004",
+        )
+    ]
 
 
 @register(Tags.compatibility, deploy=False)

@@ -89,14 +89,23 @@ def test_w003_dispatch_task_not_acked_late(settings, prioritised_task, monkeypat
     assert priority_ids(settings, "redis", worker_prefetch_multiplier=1) == ["orchestrator.W003"]
 
 
-def test_w004_rabbitmq_without_max_priority(settings, prioritised_task):
-    assert priority_ids(
-        settings, "amqp", worker_prefetch_multiplier=1, task_queue_max_priority=None
-    ) == ["orchestrator.W004"]
-    assert (
-        priority_ids(settings, "amqp", worker_prefetch_multiplier=1, task_queue_max_priority=10)
-        == []
-    )
+def queue_priority_ids(settings, transport: str, max_priority: int | None) -> list[str]:
+    from celery import current_app
+
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "BROKER_TRANSPORT": transport}
+    saved = current_app.conf.task_queue_max_priority
+    current_app.conf.task_queue_max_priority = max_priority
+    try:
+        return ids(checks.check_rabbitmq_queue_priority())
+    finally:
+        current_app.conf.task_queue_max_priority = saved
+
+
+def test_w004_rabbitmq_without_max_priority_even_before_any_task_has_one(settings):
+    # No database: an operator may set a priority later, when the queue can no longer change.
+    assert queue_priority_ids(settings, "amqp", None) == ["orchestrator.W004"]
+    assert queue_priority_ids(settings, "amqp", 10) == []
+    assert queue_priority_ids(settings, "redis", None) == []
 
 
 def test_w005_transport_without_priorities(settings, prioritised_task):
