@@ -287,10 +287,17 @@ def _plan_maintenance(plan: _Plan, current: PeriodicTask | None) -> None:
 
 
 def _lock() -> None:
+    """Hold the sync lock until the current transaction ends, committed or rolled back."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK_KEY])
     elif connection.vendor != "sqlite":  # SQLite serialises writers by itself
+        # MySQL, MariaDB and the rest: a lock on django-celery-beat's change-marker row, made
+        # first on a fresh database (locking a row that does not exist locks nothing, and two
+        # syncs would both go ahead). A row lock ends with the transaction, as
+        # pg_advisory_xact_lock does; GET_LOCK would outlive a rollback, which has no hook to
+        # release it in.
+        PeriodicTasks.objects.get_or_create(ident=1, defaults={"last_update": timezone.now()})
         list(PeriodicTasks.objects.select_for_update().filter(ident=1))
 
 

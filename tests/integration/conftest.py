@@ -1,7 +1,8 @@
 """Real processes for integration tests: Celery workers and beat as subprocesses.
 
-The tests run against the broker in CELERY_BROKER_URL (Redis in CI) and the PostgreSQL database in
-DATABASE_URL. When either is missing the tests are skipped, unless ORCHESTRATOR_REQUIRE_SERVICES
+The tests run against the broker in CELERY_BROKER_URL (Redis, or RabbitMQ in its CI leg) and the
+database in DATABASE_URL (PostgreSQL, or MariaDB/MySQL in its CI leg for the tests that leg
+selects). When either is missing the tests are skipped, unless ORCHESTRATOR_REQUIRE_SERVICES
 is set (as in CI), where they fail.
 """
 
@@ -55,8 +56,8 @@ def broker_url() -> str:
 
 @pytest.fixture(scope="session")
 def real_database(django_db_setup, django_db_blocker) -> str:
-    if connection.vendor != "postgresql":
-        _unavailable("integration tests need DATABASE_URL pointing at PostgreSQL")
+    if connection.vendor not in ("postgresql", "mysql"):
+        _unavailable("integration tests need DATABASE_URL pointing at PostgreSQL or MariaDB/MySQL")
     with django_db_blocker.unblock():
         connection.ensure_connection()
     return connection.settings_dict["NAME"]

@@ -1,9 +1,10 @@
-"""``manage.py beat_sync`` from two processes at once, against the same PostgreSQL database.
+"""``manage.py beat_sync`` from two processes at once, against the same database.
 
-Both see N scheduled tasks without PeriodicTasks. Without the advisory lock both would plan N
-creates (and a CrontabSchedule each, a table with no unique constraint), and the second bulk
-insert would crash on PeriodicTask's unique name once the first commits. With it, the second
-process plans only after the first has committed, and finds nothing to do.
+Both see N scheduled tasks without PeriodicTasks. Without the sync lock (an advisory lock on
+PostgreSQL, a row lock on MariaDB/MySQL) both would plan N creates (and a CrontabSchedule each, a
+table with no unique constraint), and the second bulk insert would crash on PeriodicTask's unique
+name once the first commits. With it, the second process plans only after the first has
+committed, and finds nothing to do.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import time
 
 import pytest
 from django.conf import settings
-from django.db import connection
-from django_celery_beat.models import CrontabSchedule, PeriodicTask
+from django.db import transaction
+from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
 
 from orchestrator import beat_sync as beat_sync_module
 from orchestrator.beat_sync import MAINTENANCE_NAME, NAME_PREFIX, periodic_task_name
@@ -92,16 +93,12 @@ def test_two_processes_syncing_at_once_create_each_row_once(
 def test_a_sync_waits_for_the_lock_another_session_holds(
     real_database: str, tasks_without_periodic_tasks: list[ScheduledTask]
 ) -> None:
-    assert connection.vendor == "postgresql"
-    lock_key = beat_sync_module._ADVISORY_LOCK_KEY
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s)", [lock_key])
-    try:
+    # On a fresh database: MariaDB's lock row does not exist yet, and must be made to lock.
+    PeriodicTasks.objects.all().delete()
+    with transaction.atomic():
+        beat_sync_module._lock()  # held by this session until the block ends
         process = start_sync(real_database)
         time.sleep(3)  # ample for an unblocked sync of 40 rows (well under a second)
         assert process.poll() is None
         assert not PeriodicTask.objects.filter(name__startswith=NAME_PREFIX).exists()
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_key])
     assert finish(process) == (TASKS + 1, 0, 0, 0)
