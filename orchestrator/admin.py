@@ -15,7 +15,6 @@ import importlib.util
 import json
 import logging
 import zoneinfo
-from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -23,6 +22,7 @@ from auditlog.mixins import AuditlogHistoryAdminMixin
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import widgets as admin_widgets
+from django.contrib.admin.options import InlineModelAdmin
 from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.forms.models import BaseInlineFormSet
@@ -46,7 +46,7 @@ RECENT_RUNS = 10
 # Longer retry schedules are cut in the change form; the tail is summarised.
 SHOWN_RETRY_DELAYS = 10
 
-STATUS_COLOURS = {
+STATUS_COLOURS: dict[str, str] = {
     TaskRun.Status.RUNNING: "#2271b1",
     TaskRun.Status.SUCCEEDED: "#2e7d32",
     TaskRun.Status.RETRIED: "#b26a00",
@@ -184,13 +184,23 @@ class RecentRunsFormSet(BaseInlineFormSet):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.instance.pk is not None:
+        runs = self.queryset  # set by BaseInlineFormSet.__init__
+        if self.instance.pk is not None and runs is not None:
             latest = list(
-                self.queryset.order_by("-started_at", "-id").values_list("pk", flat=True)[
-                    :RECENT_RUNS
-                ]
+                runs.order_by("-started_at", "-id").values_list("pk", flat=True)[:RECENT_RUNS]
             )
-            self.queryset = self.queryset.filter(pk__in=latest).order_by("-started_at", "-id")
+            self.queryset = runs.filter(pk__in=latest).order_by("-started_at", "-id")
+
+
+RECENT_RUN_FIELDS = (
+    "started",
+    "status_label",
+    "attempt_of",
+    "trigger",
+    "duration_text",
+    "error_type",
+    "worker",
+)
 
 
 class RecentRunsInline(admin.TabularInline):
@@ -199,16 +209,8 @@ class RecentRunsInline(admin.TabularInline):
     template = "admin/orchestrator/scheduledtask/recent_runs_inline.html"
     verbose_name = "recent run"
     verbose_name_plural = f"recent runs (latest {RECENT_RUNS})"
-    fields = [
-        "started",
-        "status_label",
-        "attempt_of",
-        "trigger",
-        "duration_text",
-        "error_type",
-        "worker",
-    ]
-    readonly_fields = fields
+    fields = RECENT_RUN_FIELDS
+    readonly_fields = RECENT_RUN_FIELDS
     extra = 0
     max_num = 0
     can_delete = False
@@ -464,9 +466,11 @@ class ScheduledTaskAdmin(HistoryAdminMixin, admin.ModelAdmin):
         kwargs.setdefault("form", ScheduledTaskChangeListForm)
         return super().get_changelist_form(request, **kwargs)
 
-    def get_inlines(self, request: HttpRequest, obj: ScheduledTask | None) -> Sequence[Any]:
+    def get_inlines(
+        self, request: HttpRequest, obj: ScheduledTask | None
+    ) -> list[type[InlineModelAdmin[Any, Any]]]:
         # A task being added has no runs.
-        return self.inlines if obj is not None else []
+        return list(self.inlines) if obj is not None else []
 
     def has_run_permission(self, request: HttpRequest) -> bool:
         """Whether the user holds ``orchestrator.run_scheduledtask`` (shared with dashboard/API)."""
@@ -732,7 +736,12 @@ class TaskRunAdmin(admin.ModelAdmin):
         ),
     ]
     # The history is read-only: every field shown is.
-    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
+    readonly_fields = [
+        name
+        for _, options in fieldsets
+        for group in options["fields"]
+        for name in ((group,) if isinstance(group, str) else group)
+    ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab
@@ -75,6 +76,17 @@ def split(expression: str) -> CronFields:
     return CronFields(*parts)
 
 
+class _ExpandedCrontab(Protocol):
+    """The sets of matching values that celery's crontab computes in ``__init__`` (celery-types
+    does not declare these attributes)."""
+
+    minute: set[int]
+    hour: set[int]
+    day_of_month: set[int]
+    month_of_year: set[int]
+    day_of_week: set[int]
+
+
 @lru_cache(maxsize=1024)
 def _expanded(expression: str) -> tuple[frozenset[int], ...]:
     fields = split(expression)
@@ -84,7 +96,7 @@ def _expanded(expression: str) -> tuple[frozenset[int], ...]:
         except Exception as err:  # celery raises ValueError and its own ParseException
             raise CronError(f"Invalid {FIELD_LABELS[name]} field {value!r}: {err}") from None
     try:
-        schedule = crontab(**fields.as_dict())
+        schedule = cast(_ExpandedCrontab, crontab(**fields.as_dict()))
     except Exception as err:
         raise CronError(f"Invalid cron expression {expression!r}: {err}") from None
     return (

@@ -275,12 +275,14 @@ class ScheduledTask(models.Model):
         related_name="orchestrator_task",
         help_text="Managed by beat_sync.",
     )
-    notification_channels = models.ManyToManyField(
-        "NotificationChannel",
-        blank=True,
-        related_name="scheduled_tasks",
-        verbose_name="notification channels",
-        help_text="Where alerts go; none selected uses every enabled default channel.",
+    notification_channels: models.ManyToManyField[NotificationChannel, Any] = (
+        models.ManyToManyField(
+            "NotificationChannel",
+            blank=True,
+            related_name="scheduled_tasks",
+            verbose_name="notification channels",
+            help_text="Where alerts go; none selected uses every enabled default channel.",
+        )
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -454,9 +456,7 @@ class TaskRun(models.Model):
     REVOKED = "Revoked"
     NOT_FINAL_LOST_TYPES = (WORKER_LOST, REVOKED)
 
-    scheduled_task = models.ForeignKey(
-        ScheduledTask, on_delete=models.CASCADE, related_name="runs"
-    )
+    scheduled_task = models.ForeignKey(ScheduledTask, on_delete=models.CASCADE, related_name="runs")
     attempt = models.PositiveSmallIntegerField(default=1, help_text="1 for the first attempt.")
     max_attempts = models.PositiveSmallIntegerField(
         default=1, help_text="Attempts the retry policy allowed when this one ran."

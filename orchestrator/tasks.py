@@ -99,7 +99,7 @@ def run_scheduled_task(
         # retry_sent_at says the broker has it; a retried row without it was never handed over,
         # and the maintenance task sends it again.
         retry = self.retry(
-            args=[scheduled_task_id],
+            args=(scheduled_task_id,),
             kwargs=kwargs,
             countdown=outcome.countdown,
             max_retries=outcome.max_retries,

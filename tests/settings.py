@@ -7,6 +7,7 @@ tests get ORCHESTRATOR_DB_NAME so they use the test database that pytest-django 
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -104,7 +105,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
-ORCHESTRATOR = {
+ORCHESTRATOR: dict[str, Any] = {
     "ALLOWED_TASK_MODULES": ["tests.sample_tasks", "orchestrator.builtin_tasks"],
     "BASE_URL": "http://testserver",
     "SLACK_API_URL": os.environ.get("ORCHESTRATOR_SLACK_API_URL", "http://127.0.0.1:9/api/"),

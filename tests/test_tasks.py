@@ -77,7 +77,7 @@ def test_a_retry_passes_every_option_explicitly() -> None:
         run_scheduled_task.apply(args=[task.pk], kwargs={"trigger": "api"})
 
     retry.assert_called_once_with(
-        args=[task.pk],
+        args=(task.pk,),
         kwargs={"trigger": "api"},
         countdown=7.0,
         max_retries=2,

@@ -21,7 +21,7 @@ from rest_framework.authentication import (
     TokenAuthentication,
 )
 from rest_framework.decorators import action
-from rest_framework.pagination import CursorPagination, PageNumberPagination
+from rest_framework.pagination import BasePagination, CursorPagination, PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
@@ -107,7 +107,7 @@ class OrchestratorViewSet(viewsets.GenericViewSet):
     authentication_classes = AUTHENTICATION_CLASSES
     parser_classes = PARSER_CLASSES
     permission_classes = [ModelPermissions]
-    pagination_class = Pagination
+    pagination_class: type[BasePagination] | None = Pagination
     schema = ViewSchema()
 
     # Writes are atomic: a model save syncs beat in its post_save receiver, and a failing sync

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Window
 from django.db.models.functions import RowNumber
@@ -19,6 +20,9 @@ from django.utils import timezone
 
 from orchestrator.charts import RunPoint
 from orchestrator.models import ScheduledTask, TaskRun
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
 Status = TaskRun.Status
 
@@ -62,7 +66,16 @@ def _last_run() -> QuerySet[TaskRun]:
     return TaskRun.objects.filter(scheduled_task=OuterRef("pk")).order_by("-started_at", "-id")
 
 
-def overview_tasks(filters: Filters | None = None) -> QuerySet[ScheduledTask]:
+class LastRun(TypedDict):
+    """What overview_tasks() annotates each task with."""
+
+    last_run_status: str | None
+    last_run_at: dt.datetime | None
+
+
+def overview_tasks(
+    filters: Filters | None = None,
+) -> QuerySet[WithAnnotations[ScheduledTask, LastRun]]:
     """Scheduled tasks with their definition and their last run's status and start, filtered."""
     filters = filters or Filters()
     tasks = ScheduledTask.objects.select_related("task_definition").annotate(
@@ -145,7 +158,7 @@ def recent_runs(
     return points
 
 
-def run_point(row: dict, labels: dict[str, str] | None = None) -> RunPoint:
+def run_point(row: Mapping[str, Any], labels: dict[str, str] | None = None) -> RunPoint:
     labels = labels if labels is not None else dict(Status.choices)
     duration = row["duration"]
     return RunPoint(
