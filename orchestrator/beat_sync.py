@@ -297,8 +297,10 @@ def _lock() -> None:
         # syncs would both go ahead). A row lock ends with the transaction, as
         # pg_advisory_xact_lock does; GET_LOCK would outlive a rollback, which has no hook to
         # release it in.
-        PeriodicTasks.objects.get_or_create(ident=1, defaults={"last_update": timezone.now()})
-        list(PeriodicTasks.objects.select_for_update().filter(ident=1))
+        marker = PeriodicTasks.objects.select_for_update().filter(ident=1)
+        if not list(marker):
+            PeriodicTasks.objects.get_or_create(ident=1, defaults={"last_update": timezone.now()})
+            list(marker.all())
 
 
 def _load_crontabs(keys: set[CrontabKey], everything: bool) -> dict[CrontabKey, CrontabSchedule]:
