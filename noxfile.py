@@ -5,9 +5,9 @@
     nox -t matrix                              # every Python/Django pair of the unit suite
     nox -s rabbitmq                            # a service leg (the services must answer)
 
-Service legs read their addresses from the environment (DATABASE_URL, CELERY_BROKER_URL,
-MARIADB_URL, RABBITMQ_URL) and otherwise use this machine's PostgreSQL, Redis, RabbitMQ and
-MariaDB with database names of their own, so legs can run side by side. Integration tests
+Service legs use this machine's PostgreSQL, Redis, RabbitMQ and MariaDB (or POSTGRES_URL,
+REDIS_URL, RABBITMQ_URL, MARIADB_URL) with databases, Redis databases and a vhost of their own,
+named after ORCHESTRATOR_CI_NAME, so legs can run side by side. Integration tests
 there fail, never skip, when a service is missing (ORCHESTRATOR_REQUIRE_SERVICES=1).
 """
 
@@ -35,13 +35,14 @@ if _pyenv.is_dir():
     os.environ["PATH"] = os.pathsep.join([*_bins, os.environ.get("PATH", "")])
 
 # Django release -> the Pythons it supports among ours. Keep in step with pyproject.toml's
-# classifiers and the "Tested with" line of the README.
+# classifiers and the "Tested with" line of the README. Django 4.2 is past its end of support
+# (April 2026), and orchestrator needs Django 5.0's callable choices and the minimum value
+# validators that later releases give positive integer fields.
 DJANGO_PYTHONS = {
-    "4.2": ["3.11", "3.12"],
     "5.2": ["3.11", "3.12", "3.13"],
     "6.0": ["3.12", "3.13"],
 }
-DJANGO_PINS = {"4.2": "Django~=4.2.0", "5.2": "Django~=5.2.0", "6.0": "Django~=6.0.0"}
+DJANGO_PINS = {"5.2": "Django~=5.2.0", "6.0": "Django~=6.0.0"}
 NEWEST = ("3.13", "6.0")
 SERVICE_PAIR = ("3.12", "5.2")  # RabbitMQ and MariaDB legs: the LTS most projects run
 
