@@ -35,15 +35,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if other_broker:
         config.hook.pytest_deselected(items=other_broker)
         items[:] = keep
-    if "mysql" in settings.DATABASES["default"]["ENGINE"]:
-        # MySQL and MariaDB skip a UniqueConstraint with a condition (Django's check
-        # models.W036), so the guard these tests prove does not hold there: they are listed as
-        # expected failures in the MariaDB leg, and strict, so that a guard which holds there
-        # (the dispatcher's replacement of the constraint) turns them into passes to claim.
-        reason = "one live run per tick rests on a conditional UniqueConstraint, not on MySQL"
-        for item in keep:
-            if item.get_closest_marker("tick_guard"):
-                item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
 
 def services_required() -> bool:

@@ -155,7 +155,6 @@ def test_a_run_sent_by_beat_records_the_tick_it_belongs_to() -> None:
     assert manual.scheduled_for is None
 
 
-@pytest.mark.tick_guard
 @pytest.mark.parametrize(
     "transactional",
     [

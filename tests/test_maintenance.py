@@ -82,7 +82,7 @@ def test_a_held_retry_is_sent_when_due_with_everything_its_attempt_would_have_se
     report = send_due_retries(now=at())
 
     sent.assert_called_once_with(
-        args=(task.pk,),
+        args=[task.pk],
         # The tick travels as the attempt's own retries carry it: one run per tick still holds.
         kwargs={"trigger": "schedule", "scheduled_for": TICK.isoformat()},
         task_id="c-1",

@@ -403,7 +403,6 @@ def dropped_ticks(worker: CeleryProcess) -> dict[str, dt.datetime]:
     return {celery_id: dt.datetime.fromisoformat(tick) for tick, celery_id in found}
 
 
-@pytest.mark.tick_guard
 def test_two_real_beats_run_each_tick_once(start_worker, start_beat, scratch_dir: Path) -> None:
     log = scratch_dir / "calls.log"
     task = recorder("two-beats", log, cron="* * * * *")

@@ -173,7 +173,6 @@ def test_an_attempt_whose_worker_process_dies_runs_again_and_the_dead_row_is_los
     assert runs[1].result == "call 2"
 
 
-@pytest.mark.tick_guard
 def test_two_beats_sending_the_same_tick_run_the_function_once(
     start_worker, scratch_dir: Path
 ) -> None:
