@@ -47,6 +47,7 @@ def _configure_django() -> None:
                 "django.contrib.auth",
                 "django.contrib.contenttypes",
                 "django_celery_beat",
+                "auditlog",
                 "rest_framework",
                 "rest_framework.authtoken",
                 "drf_spectacular",
