@@ -21,6 +21,7 @@ from typing import Any
 from auditlog.mixins import AuditlogHistoryAdminMixin
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin import widgets as admin_widgets
 from django.contrib.admin.options import InlineModelAdmin
 from django.core.exceptions import ValidationError
@@ -603,7 +604,7 @@ class ScheduledTaskAdmin(HistoryAdminMixin, admin.ModelAdmin):
             "form": form,
             "tasks": queryset,
             "opts": self.model._meta,
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/orchestrator/scheduledtask/pause.html", context)
 

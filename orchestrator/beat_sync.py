@@ -349,13 +349,11 @@ def beat_sync(
     what would be done.
     """
     full = queryset is None
-    tasks_qs = ScheduledTask.objects.all() if full else queryset
+    tasks_qs = ScheduledTask.objects.all() if queryset is None else queryset
     with transaction.atomic():
         if not dry_run:
             _lock()
-        tasks = list(
-            tasks_qs.select_related("task_definition").only(*_TASK_FIELDS).order_by("pk")
-        )
+        tasks = list(tasks_qs.select_related("task_definition").only(*_TASK_FIELDS).order_by("pk"))
         ours = Q(name__startswith=NAME_PREFIX, task=RUN_SCHEDULED_TASK)
         if full:
             # Read in the same query, so a no-change re-sync costs no more for it.
@@ -470,11 +468,11 @@ def _apply(plan: _Plan, crontabs: dict[CrontabKey, CrontabSchedule]) -> None:
     PeriodicTasks.update_changed()
 
 
-def _delete_orphan_crontabs(crontab_ids: set[int]) -> None:
+def _delete_orphan_crontabs(crontab_ids: Iterable[int | None]) -> None:
     """Delete crontabs that our tasks left and nothing else uses (others' rows stay)."""
-    crontab_ids.discard(None)  # type: ignore[arg-type]
-    if crontab_ids:
-        CrontabSchedule.objects.filter(pk__in=crontab_ids, periodictask__isnull=True).delete()
+    ids = {pk for pk in crontab_ids if pk is not None}
+    if ids:
+        CrontabSchedule.objects.filter(pk__in=ids, periodictask__isnull=True).delete()
 
 
 def remove(scheduled_task_id: int, periodic_task_id: int | None) -> None:
@@ -493,7 +491,9 @@ def remove(scheduled_task_id: int, periodic_task_id: int | None) -> None:
 # transaction. QuerySet.update() sends no signal: bulk paths call beat_sync(queryset) themselves.
 
 
-def _on_scheduled_task_saved(sender: type, instance: ScheduledTask, raw: bool, **kwargs: Any):
+def _on_scheduled_task_saved(
+    sender: type, instance: ScheduledTask, raw: bool, **kwargs: Any
+) -> None:
     if raw:  # loaddata: fixtures may arrive before their definitions
         return
     report = beat_sync(ScheduledTask.objects.filter(pk=instance.pk))
@@ -505,7 +505,7 @@ def _on_scheduled_task_deleted(sender: type, instance: ScheduledTask, **kwargs: 
     remove(instance.pk, instance.periodic_task_id)
 
 
-def _on_definition_saved(sender: type, instance: TaskDefinition, raw: bool, **kwargs: Any):
+def _on_definition_saved(sender: type, instance: TaskDefinition, raw: bool, **kwargs: Any) -> None:
     if raw or kwargs.get("created"):
         return
     beat_sync(ScheduledTask.objects.filter(task_definition=instance))

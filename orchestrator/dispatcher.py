@@ -372,17 +372,19 @@ class _Record:
         queued was cancelled: its attempt does not run. A row that is gone (deleted, pruned)
         is written again.
         """
+        run_id = self.run_id
+        assert run_id is not None  # only a run written as queued is claimed
         values = {key: value for key, value in self.base.items() if key != "scheduled_task"}
         values.update(fields)
         claimed = with_reconnect(
-            lambda: TaskRun.objects.filter(pk=self.run_id, status=TaskRun.Status.QUEUED).update(
+            lambda: TaskRun.objects.filter(pk=run_id, status=TaskRun.Status.QUEUED).update(
                 **values
             ),
-            what=f"starting queued run {self.run_id} of {self.task.name!r}",
+            what=f"starting queued run {run_id} of {self.task.name!r}",
         )
         if claimed:
-            return TaskRun(pk=self.run_id, scheduled_task=self.task, **values)
-        current = TaskRun.objects.filter(pk=self.run_id).first()
+            return TaskRun(pk=run_id, scheduled_task=self.task, **values)
+        current = TaskRun.objects.filter(pk=run_id).first()
         if current is None:
             self.run_id = None
             return self._insert(**fields)
@@ -754,7 +756,7 @@ def enqueue(
     run_id: int | None = None,
     kwargs_override: dict[str, Any] | None = None,
     triggered_by: int | None = None,
-) -> AsyncResult:
+) -> AsyncResult[Any]:
     """Send a run of ``task`` to the workers now, with its queue, priority, expiry and limit.
 
     The message is the one beat sends (``args=[task.pk]``) plus the trigger, and for a manual

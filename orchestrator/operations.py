@@ -125,7 +125,7 @@ def run_now(
     kwargs: dict[str, Any] | None = None,
     user: Any = None,
     trigger: str = TaskRun.Trigger.MANUAL,
-) -> AsyncResult:
+) -> AsyncResult[Any]:
     """Send a run of ``task`` to the workers now, outside its schedule.
 
     ``kwargs``, when given, replace the task's for this run only, checked against the

@@ -241,7 +241,11 @@ class HistoryEntrySerializer(serializers.Serializer):
 
     changed_at = serializers.DateTimeField()
     changed_by = serializers.CharField(help_text='A username, "system", or empty.')
-    source = serializers.CharField(help_text="admin, api, dashboard, system or shell.")
+    # A declared field named like Field.source: DRF's metaclass takes it out of the class
+    # attributes, so it shadows nothing at run time; the stubs see a class attribute.
+    source = serializers.CharField(  # type: ignore[assignment]
+        help_text="admin, api, dashboard, system or shell."
+    )
     action = serializers.CharField(help_text="create, update or delete.")
     changes = serializers.DictField(
         help_text='Each changed field with its old and new value: {"field": [old, new]}.'

@@ -204,10 +204,11 @@ class ScheduledTaskViewSet(OrchestratorViewSet, viewsets.ModelViewSet):
             task.pause(body.validated_data["reason"], until=until, user=request.user, source="api")
         except DjangoValidationError as err:
             detail = as_drf_error(err).detail
-            # The body's names, not the model's.
+            # The body's names, not the model's; an error of no field is the body's as a whole.
             renamed = {"pause_reason": "reason", "paused_until": "until"}
+            by_field = detail if isinstance(detail, dict) else {"non_field_errors": detail}
             raise exceptions.ValidationError(
-                {renamed.get(key, key): value for key, value in dict(detail).items()}
+                {renamed.get(key, key): value for key, value in by_field.items()}
             ) from None
         return Response(self.get_serializer(task).data)
 
@@ -223,9 +224,11 @@ class ScheduledTaskViewSet(OrchestratorViewSet, viewsets.ModelViewSet):
     def history(self, request: Request, pk: str | None = None) -> Response:
         """The task's change history, newest first."""
         task = self.get_object()
-        page = self.paginate_queryset(history.entries_for(task))
-        entries = HistoryEntrySerializer([history.describe(e) for e in page], many=True).data
-        return self.get_paginated_response(entries)
+        changes = history.entries_for(task)
+        page = self.paginate_queryset(changes)
+        shown = changes if page is None else page
+        entries = HistoryEntrySerializer([history.describe(e) for e in shown], many=True).data
+        return Response(entries) if page is None else self.get_paginated_response(entries)
 
 
 def _parse_moment(name: str, value: str) -> dt.datetime:

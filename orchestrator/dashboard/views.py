@@ -163,15 +163,17 @@ def _task_page(
         .order_by("-started_at", "-id")
     )
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
-    page.object_list = list(page.object_list)
-    for run in page.object_list:
-        run.duration_display = format_duration(
-            run.duration.total_seconds() if run.duration is not None else None
+    # (run, its duration, its own arguments as JSON): what the history table shows of each run.
+    run_rows = [
+        (
+            run,
+            format_duration(None if run.duration is None else run.duration.total_seconds()),
+            None
+            if run.kwargs_override is None
+            else truncate(json.dumps(run.kwargs_override, sort_keys=True), KWARGS_SHOWN),
         )
-        if run.kwargs_override is not None:
-            run.kwargs_override_json = truncate(
-                json.dumps(run.kwargs_override, sort_keys=True), KWARGS_SHOWN
-            )
+        for run in page.object_list
+    ]
     try:
         policy = task.retry_policy()
         delays = retry_schedule(policy, RETRY_DELAYS_SHOWN)
@@ -189,6 +191,7 @@ def _task_page(
         "next_run": task.next_run_at(now),
         "rate": stats.task_success_rate(task, now=now),
         "page": page,
+        "run_rows": run_rows,
         "chart": mark_safe(charts.duration_chart(stats.task_history_points(task))),
         "kwargs_json": truncate(json.dumps(task.kwargs, sort_keys=True), KWARGS_SHOWN),
         "policy": policy,
@@ -205,9 +208,7 @@ def _task_page(
         "paused": task.is_paused(now),
         "pause_form": pause_form or PauseForm(),
         "run_form": run_form or RunWithArgumentsForm(initial={"kwargs": _editable_kwargs(task)}),
-        "changes": [
-            history.describe(entry) for entry in history.entries_for(task)[:HISTORY_SHOWN]
-        ],
+        "changes": [history.describe(entry) for entry in history.entries_for(task)[:HISTORY_SHOWN]],
         # Where the page's forms come back to: this page, also when it is shown again by a
         # POST whose form had errors (the request's own path is then the action's).
         "here": reverse("orchestrator:task-detail", args=[task.pk])

@@ -134,6 +134,22 @@ class NotificationChannelAdmin(admin.ModelAdmin):
                 )
 
 
+DELIVERY_FIELDS = (
+    "created_at",
+    "channel",
+    "event",
+    "scheduled_task",
+    "task_run",
+    "status",
+    "attempts",
+    "suppressed_count",
+    "error_text",
+    "requeued_at",
+    "sent_at",
+    "finished_at",
+)
+
+
 @admin.register(NotificationDelivery)
 class NotificationDeliveryAdmin(admin.ModelAdmin):
     """The delivery log: read-only, one row per alert per channel."""
@@ -153,21 +169,8 @@ class NotificationDeliveryAdmin(admin.ModelAdmin):
     list_select_related = ["channel", "scheduled_task"]
     search_fields = ["scheduled_task__name", "channel__name", "error", "suppressed_reason"]
     date_hierarchy = "created_at"
-    fields = [
-        "created_at",
-        "channel",
-        "event",
-        "scheduled_task",
-        "task_run",
-        "status",
-        "attempts",
-        "suppressed_count",
-        "error_text",
-        "requeued_at",
-        "sent_at",
-        "finished_at",
-    ]
-    readonly_fields = fields
+    fields = DELIVERY_FIELDS
+    readonly_fields = DELIVERY_FIELDS
 
     @admin.display(description="error or reason")
     def error_display(self, obj: NotificationDelivery) -> str:

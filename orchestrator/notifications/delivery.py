@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -335,7 +336,7 @@ def mark_channel_error(channel: NotificationChannel, error: str) -> None:
 
 def deliver(
     delivery_id: int,
-    data: dict,
+    data: dict[str, Any],
     *,
     policy: DeliveryRetryPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
