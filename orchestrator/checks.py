@@ -10,6 +10,7 @@
 * orchestrator.W004: priorities are set on RabbitMQ, but queues have no x-max-priority.
 * orchestrator.W005: priorities are set, but the broker transport has no priorities.
 * orchestrator.W006: a Slack channel posts with the bot token, but no token is configured.
+* orchestrator.W007: CELERY_BEAT_SCHEDULER is not orchestrator's scheduler.
 """
 
 from __future__ import annotations
@@ -206,5 +207,44 @@ def check_slack_bot_token(
             hint='Set ORCHESTRATOR["SLACK_BOT_TOKEN"] or the ORCHESTRATOR_SLACK_BOT_TOKEN '
             "environment variable, or use an incoming-webhook URL as the target.",
             id="orchestrator.W006",
+        )
+    ]
+
+
+SCHEDULER_PATH = "orchestrator.scheduler:Scheduler"
+_SCHEDULER_NAMES = frozenset({SCHEDULER_PATH, "orchestrator.scheduler.Scheduler"})
+
+
+def _is_orchestrator_scheduler(value: Any) -> bool:
+    if isinstance(value, str):
+        if value in _SCHEDULER_NAMES:
+            return True
+        from kombu.utils.imports import symbol_by_name
+
+        try:
+            value = symbol_by_name(value)
+        except Exception:  # a wrong path is beat's error to report; here it is not ours
+            return False
+    from orchestrator.scheduler import Scheduler
+
+    return isinstance(value, type) and issubclass(value, Scheduler)
+
+
+@register(Tags.compatibility)
+def check_beat_scheduler(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    configured = _celery_conf().beat_scheduler
+    if _is_orchestrator_scheduler(configured):
+        return []
+    shown = configured if isinstance(configured, str) else getattr(configured, "__name__", "?")
+    return [
+        Warning(
+            f"CELERY_BEAT_SCHEDULER is {shown!r}, not orchestrator's scheduler: beat then sends "
+            "due tasks one at a time (falling behind with many schedules), several beat "
+            "processes cannot share the work safely, runs are placed in their tick by the "
+            "worker's clock, no catch-up policy applies after an outage, and the scheduler's "
+            "heartbeat (dashboard, /health/) is never written.",
+            hint=f'Set CELERY_BEAT_SCHEDULER = "{SCHEDULER_PATH}" (or start beat with '
+            f"-S {SCHEDULER_PATH}).",
+            id="orchestrator.W007",
         )
     ]

@@ -55,10 +55,12 @@ def default_channel_events() -> list[str]:
 
 __all__ = [
     "AlertState",
+    "BeatProcess",
     "Event",
     "NotificationChannel",
     "NotificationDelivery",
     "ScheduledTask",
+    "SchedulerLease",
     "TaskDefinition",
     "TaskRun",
     "TaskState",
@@ -130,6 +132,11 @@ class ScheduledTask(models.Model):
     class Overlap(models.TextChoices):
         ALLOW = "allow", "Allow: runs may overlap"
         SKIP = "skip", "Skip: a run that arrives while another is running is skipped"
+
+    class CatchUp(models.TextChoices):
+        SKIP = "skip", "Skip: run none of the missed ticks"
+        ONCE = "once", "Once: run the latest missed tick"
+        ALL = "all", "All: run each missed tick, oldest first, up to the limit"
 
     class Backoff(models.TextChoices):
         FIXED = BackoffKind.FIXED.value, "Fixed: the same delay every time"
@@ -264,6 +271,28 @@ class ScheduledTask(models.Model):
         default=1,
         editable=False,
         help_text="Counts the changes made to this task; each run records the one it ran under.",
+    )
+    catch_up = models.CharField(
+        "catch-up",
+        max_length=10,
+        choices=CatchUp.choices,
+        default=CatchUp.ONCE,
+        help_text="What the scheduler sends when several ticks fell due at once (beat was down, "
+        "a takeover, a broker outage).",
+    )
+    catch_up_limit = models.PositiveSmallIntegerField(
+        "catch-up limit",
+        default=10,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="With catch-up 'all': at most this many missed ticks are run (the most recent).",
+    )
+    missed_grace = models.PositiveIntegerField(
+        "missed grace (s)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Seconds after its tick before a run that has not started counts as missed; "
+        "empty uses ORCHESTRATOR['MISSED_RUN_GRACE'].",
     )
 
     periodic_task = models.OneToOneField(
@@ -783,6 +812,56 @@ class NotificationDelivery(models.Model):
         if self.error or not self.suppressed_reason:
             return self.error
         return f"Suppressed: {self.suppressed_reason}"
+
+
+class SchedulerLease(models.Model):
+    """The row that decides which ``celery beat`` process sends: the holder of an unexpired lease.
+
+    Written only by :mod:`orchestrator.scheduler.lease` with conditional UPDATEs judged by the
+    database's clock. ``heartbeat_at`` is when the holder last woke up and renewed it.
+    """
+
+    name = models.CharField(max_length=64, primary_key=True)
+    owner = models.CharField(
+        max_length=64, blank=True, help_text="Token of the process holding the lease."
+    )
+    holder = models.CharField(
+        max_length=255, blank=True, help_text="hostname:pid of the process holding the lease."
+    )
+    term = models.PositiveBigIntegerField(
+        default=0, help_text="Incremented each time another process takes the lease."
+    )
+    acquired_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "scheduler lease"
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.holder or 'nobody'}"
+
+
+class BeatProcess(models.Model):
+    """One running ``celery beat`` process with orchestrator's scheduler, leader or standby."""
+
+    class Role(models.TextChoices):
+        LEADER = "leader", "Leader"
+        STANDBY = "standby", "Standby"
+
+    ident = models.CharField(max_length=64, primary_key=True)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.STANDBY)
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "beat process"
+        verbose_name_plural = "beat processes"
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.pid} ({self.role})"
 
 
 history.register(TaskDefinition, ScheduledTask, NotificationChannel)

@@ -94,7 +94,7 @@ if os.environ.get("ORCHESTRATOR_TEST_VISIBILITY_TIMEOUT"):
     )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "orchestrator.scheduler:Scheduler"
 
 ORCHESTRATOR = {
     "ALLOWED_TASK_MODULES": ["tests.sample_tasks", "orchestrator.builtin_tasks"],
