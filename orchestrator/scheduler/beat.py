@@ -129,12 +129,18 @@ class Scheduler(beat.Scheduler):
 
         Returns how long to sleep: until the next due entry or the next poll.
         """
-        if self.monotonic() >= self._next_poll:
-            self._poll()
-            self._next_poll = self.monotonic() + self.poll_interval
-        if self.lease.leader and self._fresh_state:
-            self._send_due()
-        self._flush()
+        try:
+            if self.monotonic() >= self._next_poll:
+                self._poll()
+                self._next_poll = self.monotonic() + self.poll_interval
+            if self.lease.leader and self._fresh_state:
+                self._send_due()
+            self._flush()
+        except Exception:
+            # Beat must keep ticking (and renewing, or letting the lease go): one bad wake-up
+            # is logged and the next one starts afresh.
+            logger.exception("orchestrator scheduler: unexpected error in a wake-up")
+            self._next_poll = min(self._next_poll, self.monotonic() + self.poll_interval)
         return self._sleep_time()
 
     def sync(self) -> None:

@@ -252,6 +252,7 @@ class ScheduleLoader:
             .values_list("pk", "row_hash")
         )
 
+    @staticmethod
     def run_state() -> dict[int, tuple[dt.datetime | None, int, dt.datetime]]:
         """``last_run_at``, ``total_run_count`` and ``date_changed`` of every enabled row."""
         return {
