@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from freezegun import freeze_time
 
 from orchestrator.scheduler.beat import Scheduler
 from orchestrator.scheduler.entries import Entry
@@ -17,11 +18,20 @@ START = dt.datetime(2026, 12, 1, 12, 0, 30, tzinfo=UTC)
 
 
 class Clock:
-    """Wall clock and monotonic clock that move only when told."""
+    """Wall clock and monotonic clock that move only when told.
+
+    Django's own clock (``timezone.now()``, which stamps ``date_changed``) is frozen to the wall
+    clock too, as the admin's saves would stamp it; the database's clock is left alone.
+    """
 
     def __init__(self, now: dt.datetime = START) -> None:
         self.now = now
         self.mono = 1000.0
+        self._frozen = freeze_time(now)
+        self._frozen_clock = self._frozen.start()
+
+    def stop(self) -> None:
+        self._frozen.stop()
 
     def wall(self) -> dt.datetime:
         return self.now
@@ -32,6 +42,7 @@ class Clock:
     def advance(self, seconds: float) -> None:
         self.now += dt.timedelta(seconds=seconds)
         self.mono += seconds
+        self._frozen_clock.move_to(self.now)
 
     def set(self, when: dt.datetime) -> None:
         self.advance((when - self.now).total_seconds())
@@ -71,12 +82,20 @@ class RecordingScheduler(Scheduler):
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> Iterator[Clock]:
+    clock = Clock()
+    yield clock
+    clock.stop()
 
 
 @pytest.fixture
-def make_scheduler(clock: Clock) -> Iterator[Callable[..., RecordingScheduler]]:
+def make_scheduler(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., RecordingScheduler]]:
+    """``make_scheduler()``: a scheduler on the fake clock (it loads the schedule at once)."""
+    # Celery's backend-cleanup entry (installed as django-celery-beat installs it) is left out,
+    # so each test sees only its own entries.
+    monkeypatch.setitem(app.conf, "result_expires", None)
     made: list[RecordingScheduler] = []
 
     def make(**kwargs: Any) -> RecordingScheduler:
