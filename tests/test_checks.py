@@ -119,3 +119,44 @@ def test_w006_bot_channel_without_token(settings, db):
     assert "bot" in messages[0].msg
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "SLACK_BOT_TOKEN": "xoxb-configured"}
     assert checks.check_slack_bot_token(databases=["default"]) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["orchestrator.scheduler:Scheduler", "orchestrator.scheduler.Scheduler", "class", "subclass"],
+)
+def test_w007_quiet_with_orchestrators_scheduler(value):
+    from celery import current_app
+
+    from orchestrator.scheduler import Scheduler
+
+    class Custom(Scheduler):
+        pass
+
+    value = {"class": Scheduler, "subclass": Custom}.get(value, value)
+    saved = current_app.conf.beat_scheduler
+    current_app.conf.beat_scheduler = value
+    try:
+        assert checks.check_beat_scheduler() == []
+    finally:
+        current_app.conf.beat_scheduler = saved
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["django_celery_beat.schedulers:DatabaseScheduler", "celery.beat:PersistentScheduler"],
+)
+def test_w007_another_beat_scheduler_names_what_is_lost(value):
+    from celery import current_app
+
+    saved = current_app.conf.beat_scheduler
+    current_app.conf.beat_scheduler = value
+    try:
+        messages = checks.check_beat_scheduler()
+    finally:
+        current_app.conf.beat_scheduler = saved
+    assert ids(messages) == ["orchestrator.W007"]
+    assert isinstance(messages[0], Warning)
+    assert value in messages[0].msg
+    assert "catch-up" in messages[0].msg and "heartbeat" in messages[0].msg
+    assert "orchestrator.scheduler:Scheduler" in messages[0].hint
