@@ -58,6 +58,12 @@ TEMPLATES = [
     }
 ]
 
+if os.environ.get("DATABASE_URL", "").startswith(("mysql://", "mariadb://")):
+    # The scheduler's database code is also tested on MariaDB, through PyMySQL.
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
+
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'test-artifacts' / 'db.sqlite3'}"),

@@ -3,6 +3,7 @@
 import datetime as dt
 
 import pytest
+from django.db import connection
 from freezegun import freeze_time
 
 from orchestrator.dispatcher import run_task
@@ -37,6 +38,8 @@ def test_the_celery_task_reads_the_stamp_from_the_message():
 
 
 def test_a_second_message_for_the_same_stamped_tick_calls_nothing():
+    if not connection.features.supports_partial_indexes:
+        pytest.skip("the tick guard is a partial unique index: MySQL and MariaDB have none")
     task = make_scheduled_task("stamped", "tests.sample_tasks.noop")
     first = run_task(task.pk, scheduled_for=TICK, from_beat=True)
     second = run_task(task.pk, scheduled_for=TICK, from_beat=True)
