@@ -46,10 +46,18 @@ def _naive_sync() -> int:
     for task in ScheduledTask.objects.select_related("task_definition"):
         minute, hour, dom, month, dow = task.cron.split()
         crontab = CrontabSchedule.objects.filter(
-            minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow,
+            minute=minute,
+            hour=hour,
+            day_of_month=dom,
+            month_of_year=month,
+            day_of_week=dow,
             timezone=task.timezone,
         ).first() or CrontabSchedule.objects.create(
-            minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow,
+            minute=minute,
+            hour=hour,
+            day_of_month=dom,
+            month_of_year=month,
+            day_of_week=dow,
             timezone=task.timezone,
         )
         periodic = PeriodicTask.objects.filter(name=f"naive:{task.pk}").first() or PeriodicTask(

@@ -148,8 +148,15 @@ def measure_lag(scheduler: str, n: int, db_name: str, folder: Path) -> LagRun:
     for when, length in arrivals:
         while len(lags) < min(length, n):
             lags.append(max(0.0, when - tick.timestamp()))
-    match = re.findall(rf"sent {n} of {n} due messages in ([0-9.]+) s", log)
-    return LagRun(scheduler, n, min(count, n), lags, float(match[0]) if match else None)
+    # Its own account of the pass (ours only): the rows, and the maintenance entry, due then.
+    passes = [
+        float(seconds)
+        for sent, due, seconds in re.findall(
+            r"sent (\d+) of (\d+) due messages in ([0-9.]+) s", log
+        )
+        if int(sent) >= n
+    ]
+    return LagRun(scheduler, n, min(count, n), lags, passes[0] if passes else None)
 
 
 def idle_queries(scheduler: str, n: int) -> float:
@@ -203,13 +210,16 @@ def measure_takeover(db_name: str, folder: Path) -> tuple[float, float]:
     try:
         for beat in beats:
             beat.wait_for_log("beat: Starting", timeout=120)
-        row = wait_until(
-            lambda: SchedulerLease.objects.filter(name=LEASE_NAME, owner__gt="").first(),
-            timeout=60,
-        )
-        wait_until(lambda: any("took the lease" in b.log() for b in beats), timeout=60)
-        leader = next(b for b in beats if row.holder.endswith(f":{b.process.pid}"))
-        leader.kill(signal.SIGKILL)
+
+        def leader() -> tuple[SchedulerLease, CeleryProcess] | None:
+            row = SchedulerLease.objects.filter(name=LEASE_NAME).first()
+            for beat in beats:
+                if row is not None and row.holder.endswith(f":{beat.process.pid}"):
+                    return row, beat
+            return None
+
+        row, process = wait_until(leader, timeout=60, what="one of the two beats to lead")
+        process.kill(signal.SIGKILL)
         killed = time.monotonic()
         wait_until(
             lambda: SchedulerLease.objects.filter(name=LEASE_NAME, term__gt=row.term).exists(),

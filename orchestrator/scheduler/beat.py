@@ -362,6 +362,11 @@ class Scheduler(beat.Scheduler):
             entry.date_changed = date_changed
         self._rebuild_heap()
         self._fresh_state = True
+        try:
+            # Connect to the broker now rather than at the first due tick, which it would delay.
+            self.producer  # noqa: B018
+        except Exception as err:
+            logger.warning("orchestrator scheduler: cannot reach the broker yet: %s", err)
         logger.info(
             "orchestrator scheduler: %s took the lease (term %s) and sends %d entries",
             self.lease.holder,
