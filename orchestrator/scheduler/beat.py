@@ -64,6 +64,8 @@ class Scheduler(beat.Scheduler):
     chunk_size = 500
     #: Seconds to wait before publishing again after the broker refused a message.
     retry_after_failure = 1.0
+    #: A send pass renews the lease before a chunk once less than this many seconds are left.
+    renew_below = 3.0
 
     def __init__(
         self,
@@ -488,6 +490,7 @@ class Scheduler(beat.Scheduler):
         batched = batch is not None and getattr(producer, "supports_batch_publish", False)
         for start in range(0, len(sends), self.chunk_size):
             chunk = sends[start : start + self.chunk_size]
+            self._renew_if_short()
             if not self.lease.may_send():
                 logger.warning(
                     "orchestrator scheduler: the lease may have expired; %d messages left for "
@@ -524,6 +527,23 @@ class Scheduler(beat.Scheduler):
             for pk in done:
                 sent[pk] += 1
         return failed
+
+    def _renew_if_short(self) -> None:
+        """Renew the lease before a chunk when little of it is left (a long pass, a late poll).
+
+        A leader that stalled past its lease renews only if nobody took it meanwhile; otherwise
+        it stops here, with the rest of the pass left to the new leader.
+        """
+        if not self.lease.leader or self.lease.remaining() >= self.renew_below:
+            return
+        try:
+            leader = self.lease.step()
+        except _DB_ERRORS as err:  # step() handles its own errors; this is belt and braces
+            self._database_error("renewing the lease", err)
+            leader = False
+        if not leader:
+            self._fresh_state = False
+            logger.warning("orchestrator scheduler: lost the lease during a send pass")
 
     def _send(self, entry: Entry, tick: dt.datetime, producer: Any) -> None:
         kwargs = entry.kwargs

@@ -79,7 +79,9 @@ class CronTiming(Timing):
         return _cron_next(self.expression, self.timezone, _minute(after))
 
     def due(self, after: dt.datetime, until: dt.datetime, keep: int) -> list[dt.datetime]:
-        return list(_cron_due(self.expression, self.timezone, after, _minute(until), keep))
+        # Ticks fall on whole minutes, so the minutes of both ends decide: rows that last ran (or
+        # changed) in the same minute share one cached answer.
+        return list(_cron_due(self.expression, self.timezone, _minute(after), _minute(until), keep))
 
 
 def _minute(value: dt.datetime) -> dt.datetime:

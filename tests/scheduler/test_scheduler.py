@@ -281,29 +281,59 @@ def test_a_publish_that_fails_is_tried_again_at_the_next_wake_up(make_scheduler,
     assert ticks == sorted((periodic_task_name(t.pk), T0 + MINUTE) for t in made)
 
 
-def test_a_leader_stops_between_chunks_once_its_lease_may_have_expired(make_scheduler, clock):
-    tasks(30)
-    scheduler = make_scheduler()
-    scheduler.chunk_size = 10
-    scheduler.tick()
+def stalling_pass(scheduler, clock, seconds_per_send: float, on_send=None) -> None:
+    """Make each send take ``seconds_per_send`` (a stalled process), then send the 12:01 tick."""
     real_send = scheduler._send
 
     def slow_send(entry, tick, producer):
-        clock.mono += 0.45  # the process stalls while publishing (SIGSTOP, swapping)
+        clock.mono += seconds_per_send
         real_send(entry, tick, producer)
+        if on_send is not None:
+            on_send(len(scheduler.sent))
 
     scheduler._send = slow_send
     clock.set(T0 + MINUTE)
     clock.mono -= 59  # the wall clock jumped to the tick; the lease was renewed 1 s ago
     scheduler.lease._valid_until = clock.mono + 8
-    scheduler._next_poll = clock.mono + 100  # no renewal during this wake-up
+    scheduler._next_poll = clock.mono + 100  # no poll during this wake-up
     scheduler.tick()
 
-    # 8 s of lease at 4.5 s a chunk: two chunks went, the third waits for the next leader.
+
+def test_a_leader_whose_lease_was_taken_while_it_stalled_stops_between_chunks(
+    make_scheduler, clock
+):
+    tasks(30)
+    scheduler = make_scheduler()
+    scheduler.chunk_size = 10
+    scheduler.tick()
+
+    def taken_over(sent: int) -> None:
+        if sent == 15:  # the lease ran out while this process stalled, and a standby took it
+            SchedulerLease.objects.filter(name=LEASE_NAME).update(
+                owner="standby", expires_at=DatabaseNow() + dt.timedelta(seconds=10)
+            )
+
+    stalling_pass(scheduler, clock, 0.45, taken_over)
+
+    # 4.5 s a chunk: the third chunk finds too little lease left, cannot renew it, and stops.
     assert len(scheduler.sent) == 20
     assert scheduler.stats["fenced"] == 10
+    assert scheduler.lease.leader is False
     assert PeriodicTask.objects.filter(last_run_at=T0 + MINUTE).count() == 20
     assert PeriodicTask.objects.filter(last_run_at__isnull=True).count() == 10
+
+
+def test_a_healthy_leader_renews_its_lease_during_a_long_pass(make_scheduler, clock):
+    tasks(30)
+    scheduler = make_scheduler()
+    scheduler.chunk_size = 10
+    scheduler.tick()
+
+    stalling_pass(scheduler, clock, 0.45)
+
+    assert len(scheduler.sent) == 30
+    assert scheduler.stats["fenced"] == 0
+    assert scheduler.lease.leader is True
 
 
 def test_a_clocked_one_off_runs_once_then_is_disabled(make_scheduler, clock):
