@@ -26,10 +26,11 @@ from orchestrator.scheduler.timing import (
     celery_crontab_timing,
     solar_timing,
 )
+from orchestrator.task_names import RUN_SCHEDULED_TASK
 
 UTC = dt.UTC
 # The Celery task every orchestrator ScheduledTask sends; its messages carry their tick.
-DISPATCH_TASK = "orchestrator.run_scheduled_task"
+DISPATCH_TASK = RUN_SCHEDULED_TASK
 OPTION_FIELDS = ("queue", "exchange", "routing_key", "priority")
 
 
