@@ -54,6 +54,11 @@ DEFAULTS: dict[str, Any] = {
     # Seconds after its tick before a run that has not started counts as missed (a scheduled
     # task's missed_grace overrides it).
     "MISSED_RUN_GRACE": 120,
+    # Seconds between two watchdog passes across the fleet (missed runs, the scheduler's health).
+    "WATCHDOG_INTERVAL": 30,
+    # Run the watchdog in every Celery worker (a bootstep; one worker at a time does a pass).
+    # False: run `python manage.py orchestrator_watchdog --loop` somewhere instead.
+    "WATCHDOG_IN_WORKERS": True,
     # Broker transport used to translate priorities ("redis", "amqp", ...); None reads Celery's
     # broker_url.
     "BROKER_TRANSPORT": None,
@@ -148,6 +153,14 @@ class OrchestratorSettings:
     @property
     def MISSED_RUN_GRACE(self) -> int:
         return int(self._get("MISSED_RUN_GRACE"))
+
+    @property
+    def WATCHDOG_INTERVAL(self) -> float:
+        return float(self._get("WATCHDOG_INTERVAL"))
+
+    @property
+    def WATCHDOG_IN_WORKERS(self) -> bool:
+        return bool(self._get("WATCHDOG_IN_WORKERS"))
 
     @property
     def BROKER_TRANSPORT(self) -> str | None:

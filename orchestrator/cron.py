@@ -159,3 +159,21 @@ def previous_run(expression: str, timezone: str, at: dt.datetime) -> dt.datetime
     """The last time at or before ``at`` at which the expression fires (the current tick)."""
     last = at.replace(second=0, microsecond=0)
     return next((t for t in _fire_times(expression, timezone, last, False) if t <= last), None)
+
+
+def fire_times_between(
+    expression: str, timezone: str, after: dt.datetime, until: dt.datetime, limit: int
+) -> list[dt.datetime]:
+    """The times in ``(after, until]`` at which the expression fires, oldest first, at most
+    ``limit`` of them (the oldest)."""
+    if until <= after:
+        return []
+    first = after.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    times: list[dt.datetime] = []
+    for moment in _fire_times(expression, timezone, first, True):
+        if moment < first:
+            continue
+        if moment > until or len(times) >= limit:
+            break
+        times.append(moment)
+    return times

@@ -50,7 +50,7 @@ def _operations() -> Any:
 
 
 def default_channel_events() -> list[str]:
-    return [Event.FAILURE, Event.RECOVERY, Event.PAUSED]
+    return [Event.FAILURE, Event.RECOVERY, Event.PAUSED, Event.MISSED, Event.SCHEDULER]
 
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "TaskDefinition",
     "TaskRun",
     "TaskState",
+    "WatchdogState",
 ]
 
 
@@ -455,6 +456,7 @@ class TaskRun(models.Model):
         SKIPPED = "skipped", "Skipped"
         LOST = "lost", "Lost (worker died or time limit)"
         CANCELLED = "cancelled", "Cancelled"
+        MISSED = "missed", "Missed (no run within its grace period)"
 
     class Trigger(models.TextChoices):
         SCHEDULE = "schedule", "Schedule"
@@ -516,7 +518,20 @@ class TaskRun(models.Model):
         help_text="When the retry that follows this attempt was handed to the broker.",
     )
     scheduled_for = models.DateTimeField(
-        null=True, blank=True, help_text="The schedule tick this run belongs to."
+        null=True,
+        blank=True,
+        help_text="The schedule tick this run belongs to (a missed run: its first missed tick).",
+    )
+    missed_until = models.DateTimeField(
+        "missed until",
+        null=True,
+        blank=True,
+        help_text="A missed run: the last of the consecutive ticks it stands for.",
+    )
+    missed_count = models.PositiveIntegerField(
+        "ticks missed",
+        default=0,
+        help_text="A missed run: how many consecutive ticks had no run within their grace.",
     )
     # One live run per scheduled task, schedule tick and attempt: a second beat or a redelivered
     # message for the same tick cannot run the function twice. A plain unique column rather than
@@ -566,6 +581,8 @@ class TaskRun(models.Model):
         indexes = [
             models.Index(fields=["scheduled_task", "-started_at"], name="orch_run_task_started"),
             models.Index(fields=["status", "-started_at"], name="orch_run_status_started"),
+            # The watchdog looks for the runs of recent ticks.
+            models.Index(fields=["scheduled_for"], name="orch_run_scheduled_for"),
         ]
 
     def __str__(self) -> str:
@@ -669,6 +686,11 @@ class TaskState(models.Model):
     last_final_at = models.DateTimeField(null=True, blank=True)
     consecutive_failures = models.PositiveIntegerField(
         default=0, help_text="Final failures since the last success."
+    )
+    missed_checked_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The watchdog has checked that every tick up to this time has a run.",
     )
 
     objects = TaskStateManager()
@@ -862,6 +884,33 @@ class BeatProcess(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hostname}:{self.pid} ({self.role})"
+
+
+class WatchdogState(models.Model):
+    """The watchdog's one row: whose turn the last pass was, and what it told about the
+    scheduler (so that "scheduler down" and "scheduler back" are each alerted once)."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    last_pass_at = models.DateTimeField(null=True, blank=True)
+    checked_through = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The time up to which the last successful pass judged ticks (before grace).",
+    )
+    holder = models.CharField(
+        max_length=255, blank=True, help_text="The worker (or command) that ran the last pass."
+    )
+    scheduler_down_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set while the scheduler's heartbeat is stale, and alerted as such.",
+    )
+
+    class Meta:
+        verbose_name = "watchdog state"
+
+    def __str__(self) -> str:
+        return f"{self.name}: last pass {self.last_pass_at}"
 
 
 history.register(TaskDefinition, ScheduledTask, NotificationChannel)

@@ -160,3 +160,19 @@ def test_w007_another_beat_scheduler_names_what_is_lost(value):
     assert value in messages[0].msg
     assert "catch-up" in messages[0].msg and "heartbeat" in messages[0].msg
     assert "orchestrator.scheduler:Scheduler" in messages[0].hint
+
+
+@pytest.mark.django_db
+def test_w008_a_task_outlasting_redis_visibility_timeout(settings) -> None:
+    from orchestrator.checks import check_visibility_timeout
+    from tests.utils import make_scheduled_task
+
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "redis"}
+    make_scheduled_task("short", time_limit=600)
+    assert check_visibility_timeout(databases=["default"]) == []
+    make_scheduled_task("long", time_limit=7200)
+    (warning,) = check_visibility_timeout(databases=["default"])
+    assert warning.id == "orchestrator.W008"
+    assert "long (7200 s)" in warning.msg and "(3600 s)" in warning.msg
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "amqp"}
+    assert check_visibility_timeout(databases=["default"]) == []
