@@ -111,6 +111,10 @@ ORCHESTRATOR = {
 # Integration tests give their worker a short limit, so a "long" retry takes seconds.
 if os.environ.get("ORCHESTRATOR_MAX_BROKER_COUNTDOWN"):
     ORCHESTRATOR["MAX_BROKER_COUNTDOWN"] = int(os.environ["ORCHESTRATOR_MAX_BROKER_COUNTDOWN"])
+# The watchdog tests compress its timings: passes every few seconds, short graces.
+for _key in ("WATCHDOG_INTERVAL", "MISSED_RUN_GRACE", "SCHEDULER_STALE_AFTER"):
+    if os.environ.get(f"ORCHESTRATOR_{_key}"):
+        ORCHESTRATOR[_key] = float(os.environ[f"ORCHESTRATOR_{_key}"])
 
 LOGGING = {
     "version": 1,

@@ -217,17 +217,15 @@ def _notify_recovery(run: TaskRun) -> list[NotificationDelivery]:
     return deliveries
 
 
-def notify_scheduler(note: str) -> list[NotificationDelivery]:
-    """Alert the default channels that the scheduler stopped or came back (``note`` says which).
-
-    The caller (the watchdog) sends each change once; no cooldown applies.
-    """
+def notify_scheduler(change: str, note: str) -> list[NotificationDelivery]:
+    """Alert the default channels that the scheduler ``"stopped"`` or is ``"back"``; ``note``
+    says more. The caller (the watchdog) sends each change once; no cooldown applies."""
     channels = [
         channel
         for channel in NotificationChannel.objects.filter(enabled=True, is_default=True)
         if Event.SCHEDULER in (channel.events or [])
     ]
-    alert = Alert(event=Event.SCHEDULER, task_name="scheduler", note=note)
+    alert = Alert(event=Event.SCHEDULER, task_name=change, note=note)
     deliveries = []
     with transaction.atomic():
         for channel in channels:

@@ -33,7 +33,7 @@ def check(state: WatchdogState) -> str:
             f"{format_duration(status.heartbeat_age_s)}; scheduled runs are not being sent"
         )
         logger.error("Watchdog: %s", note)
-        notify_scheduler(note)
+        notify_scheduler("stopped", note)
         return "down (alerted)"
     if not status.stale and state.scheduler_down_since is not None:
         # Claimed by the column being set, not by its value: SQLite's clock writes fewer
@@ -42,6 +42,6 @@ def check(state: WatchdogState) -> str:
             return ""
         note = f"The scheduler is back: {status.leader or 'a leader'} sends the scheduled runs"
         logger.warning("Watchdog: %s", note)
-        notify_scheduler(note)
+        notify_scheduler("back", note)
         return "back (alerted)"
     return "down" if status.stale else ""
