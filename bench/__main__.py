@@ -4,8 +4,8 @@
     python -m bench --smoke              # small N, as CI runs it
     python -m bench --only beat_sync     # one benchmark
 
-Needs DATABASE_URL (PostgreSQL) and, for the dispatch and alert storm benchmarks,
-CELERY_BROKER_URL (Redis): they start their own Celery workers.
+Needs DATABASE_URL (PostgreSQL) and, for the dispatch, alert storm and scheduler benchmarks,
+CELERY_BROKER_URL (Redis): they start their own Celery workers or beats.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 
 from bench.env import setup_django, throwaway_database
 
-BENCHMARKS = ("beat_sync", "dispatch", "alert_storm")
+BENCHMARKS = ("beat_sync", "dispatch", "alert_storm", "scheduler")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,17 @@ def _clear() -> None:
     from django.core.management.color import no_style
     from django.db import connection
 
-    tables = connection.introspection.django_table_names(only_existing=True)
-    connection.ops.execute_sql_flush(connection.ops.sql_flush(no_style(), tables))
+    # Content types and permissions stay: the change history (auditlog) writes rows that point
+    # at the content types this process has cached.
+    kept = {"django_content_type", "auth_permission"}
+    tables = [
+        name
+        for name in connection.introspection.django_table_names(only_existing=True)
+        if name not in kept
+    ]
+    connection.ops.execute_sql_flush(
+        connection.ops.sql_flush(no_style(), tables, allow_cascade=False)
+    )
 
 
 def _naive_sync() -> int:
@@ -46,10 +55,18 @@ def _naive_sync() -> int:
     for task in ScheduledTask.objects.select_related("task_definition"):
         minute, hour, dom, month, dow = task.cron.split()
         crontab = CrontabSchedule.objects.filter(
-            minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow,
+            minute=minute,
+            hour=hour,
+            day_of_month=dom,
+            month_of_year=month,
+            day_of_week=dow,
             timezone=task.timezone,
         ).first() or CrontabSchedule.objects.create(
-            minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow,
+            minute=minute,
+            hour=hour,
+            day_of_month=dom,
+            month_of_year=month,
+            day_of_week=dow,
             timezone=task.timezone,
         )
         periodic = PeriodicTask.objects.filter(name=f"naive:{task.pk}").first() or PeriodicTask(

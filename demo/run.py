@@ -472,7 +472,7 @@ def start_children(supervisor: Supervisor, port: int) -> None:
             *celery,
             "beat",
             "--loglevel=INFO",
-            "--scheduler=django_celery_beat.schedulers:DatabaseScheduler",
+            "--scheduler=orchestrator.scheduler:Scheduler",
             "--max-interval=5",
         ],
         DEMO_DEBUG="0",

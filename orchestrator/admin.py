@@ -277,6 +277,8 @@ POLICY_FIELDS = [
     "queue",
     "expires",
 ]
+# What the scheduler does with ticks missed during an outage (orchestrator.scheduler).
+CATCH_UP_FIELDS = ["catch_up", "catch_up_limit", "missed_grace"]
 LIST_EDITABLE = [
     "enabled",
     "max_retries",
@@ -334,6 +336,7 @@ class ScheduledTaskForm(forms.ModelForm):
             "paused",
             "pause_reason",
             "paused_until",
+            *CATCH_UP_FIELDS,
             "notification_channels",
         ]
         widgets = {
@@ -440,6 +443,15 @@ class ScheduledTaskAdmin(HistoryAdminMixin, admin.ModelAdmin):
             },
         ),
         ("Routing", {"fields": ["priority", "queue", "expires"]}),
+        (
+            "Missed runs",
+            {
+                "fields": CATCH_UP_FIELDS,
+                "description": "When beat was down or the broker refused messages, several "
+                "ticks can fall due at once: catch-up decides which of them run. A tick without "
+                "a run after the grace period counts as missed.",
+            },
+        ),
         ("Notifications", {"fields": ["notification_channels"]}),
         ("Timestamps", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]

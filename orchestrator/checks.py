@@ -10,6 +10,8 @@
 * orchestrator.W004: the broker is RabbitMQ, but queues are declared without x-max-priority.
 * orchestrator.W005: priorities are set, but the broker transport has no priorities.
 * orchestrator.W006: a Slack channel posts with the bot token, but no token is configured.
+* orchestrator.W007: CELERY_BEAT_SCHEDULER is not orchestrator's scheduler.
+* orchestrator.W008: Redis's visibility_timeout is shorter than a task's time limit or expiry.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.db import DatabaseError
+from django.db.models import Q
 
 from orchestrator import cron
 from orchestrator.conf import DEFAULTS, conf
@@ -214,5 +217,83 @@ def check_slack_bot_token(
             hint='Set ORCHESTRATOR["SLACK_BOT_TOKEN"] or the ORCHESTRATOR_SLACK_BOT_TOKEN '
             "environment variable, or use an incoming-webhook URL as the target.",
             id="orchestrator.W006",
+        )
+    ]
+
+
+SCHEDULER_PATH = "orchestrator.scheduler:Scheduler"
+_SCHEDULER_NAMES = frozenset({SCHEDULER_PATH, "orchestrator.scheduler.Scheduler"})
+
+
+def _is_orchestrator_scheduler(value: Any) -> bool:
+    if isinstance(value, str):
+        if value in _SCHEDULER_NAMES:
+            return True
+        from kombu.utils.imports import symbol_by_name
+
+        try:
+            value = symbol_by_name(value)
+        except Exception:  # a wrong path is beat's error to report; here it is not ours
+            return False
+    from orchestrator.scheduler import Scheduler
+
+    return isinstance(value, type) and issubclass(value, Scheduler)
+
+
+@register(Tags.compatibility)
+def check_beat_scheduler(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    configured = _celery_conf().beat_scheduler
+    if _is_orchestrator_scheduler(configured):
+        return []
+    shown = configured if isinstance(configured, str) else getattr(configured, "__name__", "?")
+    return [
+        Warning(
+            f"CELERY_BEAT_SCHEDULER is {shown!r}, not orchestrator's scheduler: beat then sends "
+            "due tasks one at a time (falling behind with many schedules), several beat "
+            "processes cannot share the work safely, runs are placed in their tick by the "
+            "worker's clock, no catch-up policy applies after an outage, and the scheduler's "
+            "heartbeat (dashboard, /health/) is never written.",
+            hint=f'Set CELERY_BEAT_SCHEDULER = "{SCHEDULER_PATH}" (or start beat with '
+            f"-S {SCHEDULER_PATH}).",
+            id="orchestrator.W007",
+        )
+    ]
+
+
+# Redis's default, when broker_transport_options does not set one.
+REDIS_DEFAULT_VISIBILITY_TIMEOUT = 3600
+
+
+@register(Tags.compatibility, deploy=False)
+def check_visibility_timeout(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[Warning]:
+    if not databases or broker_transport() != "redis":
+        return []
+    options = _celery_conf().broker_transport_options or {}
+    timeout = float(options.get("visibility_timeout", REDIS_DEFAULT_VISIBILITY_TIMEOUT))
+    try:
+        longest = (
+            ScheduledTask.objects.filter(Q(time_limit__gt=timeout) | Q(expires__gt=timeout))
+            .order_by("name")
+            .values_list("name", "time_limit", "expires")[:5]
+        )
+        longest = list(longest)
+    except DatabaseError:
+        return []
+    if not longest:
+        return []
+    names = ", ".join(
+        f"{name} ({max(limit or 0, expires or 0)} s)" for name, limit, expires in longest
+    )
+    return [
+        Warning(
+            f"Redis's visibility_timeout ({timeout:g} s) is shorter than the time limit or expiry "
+            f"of scheduled task(s) {names}: Redis delivers an unacknowledged message again "
+            "after that long, even to a live worker, so a long run would start twice and a "
+            "message could come back after its expiry.",
+            hint="Raise CELERY_BROKER_TRANSPORT_OPTIONS['visibility_timeout'] above the longest "
+            "time_limit and expires, or lower those.",
+            id="orchestrator.W008",
         )
     ]

@@ -46,6 +46,19 @@ DEFAULTS: dict[str, Any] = {
     # "orchestrator:maintenance" (it sends long retries, marks stuck runs and re-queues lost
     # alerts). None removes the entry: run orchestrator.run_maintenance some other way.
     "MAINTENANCE_SCHEDULE": "* * * * *",
+    # Seconds a beat process with orchestrator's scheduler holds the sending lease without renewing
+    # it; a standby takes over at most this long (plus one wake-up) after the leader stopped.
+    "SCHEDULER_LEASE_SECONDS": 10,
+    # Seconds without a leader's heartbeat after which the scheduler counts as down.
+    "SCHEDULER_STALE_AFTER": 60,
+    # Seconds after its tick before a run that has not started counts as missed (a scheduled
+    # task's missed_grace overrides it).
+    "MISSED_RUN_GRACE": 120,
+    # Seconds between two watchdog passes across the fleet (missed runs, the scheduler's health).
+    "WATCHDOG_INTERVAL": 30,
+    # Run the watchdog in every Celery worker (a bootstep; one worker at a time does a pass).
+    # False: run `python manage.py orchestrator_watchdog --loop` somewhere instead.
+    "WATCHDOG_IN_WORKERS": True,
     # Broker transport used to translate priorities ("redis", "amqp", ...); None reads Celery's
     # broker_url.
     "BROKER_TRANSPORT": None,
@@ -128,6 +141,26 @@ class OrchestratorSettings:
     def MAINTENANCE_SCHEDULE(self) -> str | None:
         value = self._get("MAINTENANCE_SCHEDULE")
         return None if value is None else " ".join(str(value).split()) or None
+
+    @property
+    def SCHEDULER_LEASE_SECONDS(self) -> float:
+        return float(self._get("SCHEDULER_LEASE_SECONDS"))
+
+    @property
+    def SCHEDULER_STALE_AFTER(self) -> float:
+        return float(self._get("SCHEDULER_STALE_AFTER"))
+
+    @property
+    def MISSED_RUN_GRACE(self) -> int:
+        return int(self._get("MISSED_RUN_GRACE"))
+
+    @property
+    def WATCHDOG_INTERVAL(self) -> float:
+        return float(self._get("WATCHDOG_INTERVAL"))
+
+    @property
+    def WATCHDOG_IN_WORKERS(self) -> bool:
+        return bool(self._get("WATCHDOG_IN_WORKERS"))
 
     @property
     def BROKER_TRANSPORT(self) -> str | None:

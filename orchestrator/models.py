@@ -50,18 +50,21 @@ def _operations() -> Any:
 
 
 def default_channel_events() -> list[str]:
-    return [Event.FAILURE, Event.RECOVERY, Event.PAUSED]
+    return [Event.FAILURE, Event.RECOVERY, Event.PAUSED, Event.MISSED, Event.SCHEDULER]
 
 
 __all__ = [
     "AlertState",
+    "BeatProcess",
     "Event",
     "NotificationChannel",
     "NotificationDelivery",
     "ScheduledTask",
+    "SchedulerLease",
     "TaskDefinition",
     "TaskRun",
     "TaskState",
+    "WatchdogState",
 ]
 
 
@@ -130,6 +133,11 @@ class ScheduledTask(models.Model):
     class Overlap(models.TextChoices):
         ALLOW = "allow", "Allow: runs may overlap"
         SKIP = "skip", "Skip: a run that arrives while another is running is skipped"
+
+    class CatchUp(models.TextChoices):
+        SKIP = "skip", "Skip: run none of the missed ticks"
+        ONCE = "once", "Once: run the latest missed tick"
+        ALL = "all", "All: run each missed tick, oldest first, up to the limit"
 
     class Backoff(models.TextChoices):
         FIXED = BackoffKind.FIXED.value, "Fixed: the same delay every time"
@@ -264,6 +272,28 @@ class ScheduledTask(models.Model):
         default=1,
         editable=False,
         help_text="Counts the changes made to this task; each run records the one it ran under.",
+    )
+    catch_up = models.CharField(
+        "catch-up",
+        max_length=10,
+        choices=CatchUp.choices,
+        default=CatchUp.ONCE,
+        help_text="What the scheduler sends when several ticks fell due at once (beat was down, "
+        "a takeover, a broker outage).",
+    )
+    catch_up_limit = models.PositiveSmallIntegerField(
+        "catch-up limit",
+        default=10,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="With catch-up 'all': at most this many missed ticks are run (the most recent).",
+    )
+    missed_grace = models.PositiveIntegerField(
+        "missed grace (s)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Seconds after its tick before a run that has not started counts as missed; "
+        "empty uses ORCHESTRATOR['MISSED_RUN_GRACE'].",
     )
 
     periodic_task = models.OneToOneField(
@@ -428,6 +458,7 @@ class TaskRun(models.Model):
         SKIPPED = "skipped", "Skipped"
         LOST = "lost", "Lost (worker died or time limit)"
         CANCELLED = "cancelled", "Cancelled"
+        MISSED = "missed", "Missed (no run within its grace period)"
 
     class Trigger(models.TextChoices):
         SCHEDULE = "schedule", "Schedule"
@@ -487,7 +518,20 @@ class TaskRun(models.Model):
         help_text="When the retry that follows this attempt was handed to the broker.",
     )
     scheduled_for = models.DateTimeField(
-        null=True, blank=True, help_text="The schedule tick this run belongs to."
+        null=True,
+        blank=True,
+        help_text="The schedule tick this run belongs to (a missed run: its first missed tick).",
+    )
+    missed_until = models.DateTimeField(
+        "missed until",
+        null=True,
+        blank=True,
+        help_text="A missed run: the last of the consecutive ticks it stands for.",
+    )
+    missed_count = models.PositiveIntegerField(
+        "ticks missed",
+        default=0,
+        help_text="A missed run: how many consecutive ticks had no run within their grace.",
     )
     # One live run per scheduled task, schedule tick and attempt: a second beat or a redelivered
     # message for the same tick cannot run the function twice. A plain unique column rather than
@@ -537,6 +581,8 @@ class TaskRun(models.Model):
         indexes = [
             models.Index(fields=["scheduled_task", "-started_at"], name="orch_run_task_started"),
             models.Index(fields=["status", "-started_at"], name="orch_run_status_started"),
+            # The watchdog looks for the runs of recent ticks.
+            models.Index(fields=["scheduled_for"], name="orch_run_scheduled_for"),
         ]
 
     def __str__(self) -> str:
@@ -640,6 +686,11 @@ class TaskState(models.Model):
     last_final_at = models.DateTimeField(null=True, blank=True)
     consecutive_failures = models.PositiveIntegerField(
         default=0, help_text="Final failures since the last success."
+    )
+    missed_checked_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The watchdog has checked that every tick up to this time has a run.",
     )
 
     objects = TaskStateManager()
@@ -783,6 +834,83 @@ class NotificationDelivery(models.Model):
         if self.error or not self.suppressed_reason:
             return self.error
         return f"Suppressed: {self.suppressed_reason}"
+
+
+class SchedulerLease(models.Model):
+    """The row that decides which ``celery beat`` process sends: the holder of an unexpired lease.
+
+    Written only by :mod:`orchestrator.scheduler.lease` with conditional UPDATEs judged by the
+    database's clock. ``heartbeat_at`` is when the holder last woke up and renewed it.
+    """
+
+    name = models.CharField(max_length=64, primary_key=True)
+    owner = models.CharField(
+        max_length=64, blank=True, help_text="Token of the process holding the lease."
+    )
+    holder = models.CharField(
+        max_length=255, blank=True, help_text="hostname:pid of the process holding the lease."
+    )
+    term = models.PositiveBigIntegerField(
+        default=0, help_text="Incremented each time another process takes the lease."
+    )
+    acquired_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "scheduler lease"
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.holder or 'nobody'}"
+
+
+class BeatProcess(models.Model):
+    """One running ``celery beat`` process with orchestrator's scheduler, leader or standby."""
+
+    class Role(models.TextChoices):
+        LEADER = "leader", "Leader"
+        STANDBY = "standby", "Standby"
+
+    ident = models.CharField(max_length=64, primary_key=True)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.STANDBY)
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "beat process"
+        verbose_name_plural = "beat processes"
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.pid} ({self.role})"
+
+
+class WatchdogState(models.Model):
+    """The watchdog's one row: whose turn the last pass was, and what it told about the
+    scheduler (so that "scheduler down" and "scheduler back" are each alerted once)."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    last_pass_at = models.DateTimeField(null=True, blank=True)
+    checked_through = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The time up to which the last successful pass judged ticks (before grace).",
+    )
+    holder = models.CharField(
+        max_length=255, blank=True, help_text="The worker (or command) that ran the last pass."
+    )
+    scheduler_down_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set while the scheduler's heartbeat is stale, and alerted as such.",
+    )
+
+    class Meta:
+        verbose_name = "watchdog state"
+
+    def __str__(self) -> str:
+        return f"{self.name}: last pass {self.last_pass_at}"
 
 
 history.register(TaskDefinition, ScheduledTask, NotificationChannel)

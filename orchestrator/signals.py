@@ -12,6 +12,8 @@ with ``send_robust``: a receiver that raises is logged and never changes the tas
   paused, or (``overlap="skip"``) another run of it is still running.
 * ``task_paused``: the circuit breaker paused the task (``pause_after_failures`` final
   failures in a row); ``run`` is the failure that tripped it.
+* ``task_missed``: ticks of the task had no run within their grace period; ``run`` is the
+  ``missed`` row that records them (sent once per row, not again when later ticks extend it).
 """
 
 from django.dispatch import Signal
@@ -22,3 +24,4 @@ task_failed = Signal()
 task_recovered = Signal()
 task_skipped = Signal()
 task_paused = Signal()
+task_missed = Signal()

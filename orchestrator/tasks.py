@@ -17,13 +17,17 @@ from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, task_revoked
 from django.db import close_old_connections, connection
 
-from orchestrator import dispatcher, maintenance
+# Celery's autodiscovery imports only this module of the app: importing the notification
+# delivery task here is what registers it with the workers, and importing the worker module
+# adds the watchdog's bootstep to them.
+from orchestrator import (
+    dispatcher,
+    maintenance,
+    worker,  # noqa: F401
+)
 from orchestrator.conf import conf
 from orchestrator.dispatcher import Action, Attempt
 from orchestrator.models import ScheduledTask, TaskRun
-
-# Celery's autodiscovery imports only this module of the app: importing the notification
-# delivery task here is what registers it with the workers.
 from orchestrator.notifications.tasks import deliver_notification  # noqa: F401
 from orchestrator.routing import message_options
 from orchestrator.task_names import RUN_MAINTENANCE, RUN_SCHEDULED_TASK

@@ -1,8 +1,5 @@
 """MkDocs hooks (``hooks:`` in mkdocs.yml).
 
-Optional pages: a page listed in ``OPTIONAL_PAGES`` joins the navigation when its file exists, so
-the navigation never links a page that is not written.
-
 The API reference page is rendered from the OpenAPI schema at build time. The schema is the one
 the API serves at ``api/schema/`` (drf-spectacular, with the app's own ``SCHEMA_SETTINGS``),
 generated in-process for the URLs mounted under ``ops/`` as in the docs' examples.
@@ -13,29 +10,10 @@ the code. Django is configured with the least the API needs, so the build needs 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 MARKER = "[OAD(orchestrator)]"
 MOUNT = "ops/"
-
-# file -> (navigation section, title)
-OPTIONAL_PAGES = {"scheduler.md": ("Reference", "Scheduler")}
-
-
-def on_config(config: Any, **kwargs: Any) -> Any:
-    docs = Path(config["docs_dir"])
-    for filename, (section, title) in OPTIONAL_PAGES.items():
-        if not (docs / filename).exists():
-            continue
-        for entry in config["nav"]:
-            if isinstance(entry, dict) and section in entry:
-                entry[section].append({title: filename})
-                break
-        else:
-            raise ValueError(f"mkdocs.yml has no navigation section {section!r} for {filename}")
-    return config
-
 
 def _configure_django() -> None:
     import django

@@ -103,7 +103,7 @@ if os.environ.get("ORCHESTRATOR_TEST_VISIBILITY_TIMEOUT"):
 CELERY_TASK_QUEUE_MAX_PRIORITY = 10
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "orchestrator.scheduler:Scheduler"
 
 ORCHESTRATOR: dict[str, Any] = {
     "ALLOWED_TASK_MODULES": ["tests.sample_tasks", "orchestrator.builtin_tasks"],
@@ -114,6 +114,10 @@ ORCHESTRATOR: dict[str, Any] = {
 # Integration tests give their worker a short limit, so a "long" retry takes seconds.
 if os.environ.get("ORCHESTRATOR_MAX_BROKER_COUNTDOWN"):
     ORCHESTRATOR["MAX_BROKER_COUNTDOWN"] = int(os.environ["ORCHESTRATOR_MAX_BROKER_COUNTDOWN"])
+# The watchdog tests compress its timings: passes every few seconds, short graces.
+for _key in ("WATCHDOG_INTERVAL", "MISSED_RUN_GRACE", "SCHEDULER_STALE_AFTER"):
+    if os.environ.get(f"ORCHESTRATOR_{_key}"):
+        ORCHESTRATOR[_key] = float(os.environ[f"ORCHESTRATOR_{_key}"])
 
 LOGGING = {
     "version": 1,

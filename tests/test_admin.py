@@ -75,6 +75,9 @@ def task_form_data(**overrides: Any) -> dict[str, Any]:
         "queue": "",
         "expires": "",
         "overlap": "allow",
+        "catch_up": "once",
+        "catch_up_limit": "10",
+        "missed_grace": "",
     }
     data.update(overrides)
     return {key: value for key, value in data.items() if value is not None}

@@ -150,6 +150,10 @@ TASK_CASES = [
     ),
     Bad("expires", -1, "greater than or equal to 0", id="expires-negative"),
     Bad("time_limit", 0, "greater than or equal to 1", id="time-limit-0"),
+    Bad("catch_up", "twice", "Select a valid choice", "is not a valid choice", id="catch-up"),
+    Bad("catch_up_limit", 0, "greater than or equal to 1", id="catch-up-limit-0"),
+    Bad("catch_up_limit", 1001, "less than or equal to 1000", id="catch-up-limit-1001"),
+    Bad("missed_grace", 0, "greater than or equal to 1", id="missed-grace-0"),
     Bad(
         "notification_channels", [999999], "Select a valid choice", "does not exist", id="channels"
     ),
@@ -265,6 +269,9 @@ def task_body(definition: TaskDefinition, **changes: Any) -> dict[str, Any]:
         "priority": None,
         "queue": "",
         "expires": None,
+        "catch_up": "once",
+        "catch_up_limit": 10,
+        "missed_grace": None,
         "notification_channels": [],
         "overlap": "allow",
         "retry_on": [],

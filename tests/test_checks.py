@@ -128,3 +128,60 @@ def test_w006_bot_channel_without_token(settings, db):
     assert "bot" in messages[0].msg
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "SLACK_BOT_TOKEN": "xoxb-configured"}
     assert checks.check_slack_bot_token(databases=["default"]) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["orchestrator.scheduler:Scheduler", "orchestrator.scheduler.Scheduler", "class", "subclass"],
+)
+def test_w007_quiet_with_orchestrators_scheduler(value):
+    from celery import current_app
+
+    from orchestrator.scheduler import Scheduler
+
+    class Custom(Scheduler):
+        pass
+
+    value = {"class": Scheduler, "subclass": Custom}.get(value, value)
+    saved = current_app.conf.beat_scheduler
+    current_app.conf.beat_scheduler = value
+    try:
+        assert checks.check_beat_scheduler() == []
+    finally:
+        current_app.conf.beat_scheduler = saved
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["django_celery_beat.schedulers:DatabaseScheduler", "celery.beat:PersistentScheduler"],
+)
+def test_w007_another_beat_scheduler_names_what_is_lost(value):
+    from celery import current_app
+
+    saved = current_app.conf.beat_scheduler
+    current_app.conf.beat_scheduler = value
+    try:
+        messages = checks.check_beat_scheduler()
+    finally:
+        current_app.conf.beat_scheduler = saved
+    assert ids(messages) == ["orchestrator.W007"]
+    assert isinstance(messages[0], Warning)
+    assert value in messages[0].msg
+    assert "catch-up" in messages[0].msg and "heartbeat" in messages[0].msg
+    assert "orchestrator.scheduler:Scheduler" in messages[0].hint
+
+
+@pytest.mark.django_db
+def test_w008_a_task_outlasting_redis_visibility_timeout(settings) -> None:
+    from orchestrator.checks import check_visibility_timeout
+    from tests.utils import make_scheduled_task
+
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "redis"}
+    make_scheduled_task("short", time_limit=600)
+    assert check_visibility_timeout(databases=["default"]) == []
+    make_scheduled_task("long", time_limit=7200)
+    (warning,) = check_visibility_timeout(databases=["default"])
+    assert warning.id == "orchestrator.W008"
+    assert "long (7200 s)" in warning.msg and "(3600 s)" in warning.msg
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "amqp"}
+    assert check_visibility_timeout(databases=["default"]) == []

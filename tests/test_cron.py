@@ -75,3 +75,17 @@ def test_describe_puts_the_expression_in_words():
     assert cron.describe("30 9 * * 1-5") == "At 09:30, Monday through Friday"
     assert cron.describe("*/15 * * * *") == "Every 15 minutes"
     assert cron.describe("not cron") == "not cron"
+
+
+def test_fire_times_between_lists_the_ticks_of_a_window():
+    import datetime as dt
+
+    from orchestrator.cron import fire_times_between
+
+    start = dt.datetime(2026, 3, 1, 12, 0, 30, tzinfo=dt.UTC)
+    ticks = fire_times_between("*/15 * * * *", "UTC", start, start + dt.timedelta(hours=1), 10)
+    assert [t.strftime("%H:%M") for t in ticks] == ["12:15", "12:30", "12:45", "13:00"]
+    assert fire_times_between("* * * * *", "UTC", start, start + dt.timedelta(hours=1), 3)[-1] == (
+        dt.datetime(2026, 3, 1, 12, 3, tzinfo=dt.UTC)
+    )
+    assert fire_times_between("* * * * *", "UTC", start, start, 5) == []

@@ -353,7 +353,7 @@ def test_settings_default_to_sqlite_and_the_filesystem_broker_in_demo_dir(
     assert values["orchestrator"]["BASE_URL"] == "http://127.0.0.1:8123"
     assert values["prefetch"] == 1
     assert values["acks_late"] is True
-    assert values["scheduler"] == "django_celery_beat.schedulers:DatabaseScheduler"
+    assert values["scheduler"] == "orchestrator.scheduler:Scheduler"
     assert values["email"] == "django.core.mail.backends.console.EmailBackend"
 
 

@@ -155,6 +155,20 @@ def test_a_run_sent_by_beat_records_the_tick_it_belongs_to() -> None:
     assert manual.scheduled_for is None
 
 
+@freeze_time("2026-03-01 12:07:30")
+def test_the_tick_orchestrators_scheduler_stamps_wins_over_the_workers_clock() -> None:
+    task = make_scheduled_task("every-5", "tests.sample_tasks.noop", cron="*/5 * * * *")
+    # The message for 12:00 waited in the broker: the worker starts it at 12:07:30, in the tick
+    # of 12:05 by its own clock.
+    stamped = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+    run = run_task(Attempt(task.pk, from_beat=True, scheduled_for=stamped)).run
+
+    assert run is not None
+    assert run.scheduled_for == stamped
+    assert run.started_at == dt.datetime(2026, 3, 1, 12, 7, 30, tzinfo=dt.UTC)
+
+
 @pytest.mark.parametrize(
     "transactional",
     [

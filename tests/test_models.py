@@ -76,6 +76,10 @@ def scheduled(**overrides) -> ScheduledTask:
         ({"retry_backoff": "quadratic"}, "retry_backoff", "not a valid choice"),
         ({"queue": "bad queue!"}, "queue", "queue name"),
         ({"time_limit": 0}, "time_limit", "greater than or equal to 1"),
+        ({"catch_up": "twice"}, "catch_up", "not a valid choice"),
+        ({"catch_up_limit": 0}, "catch_up_limit", "greater than or equal to 1"),
+        ({"catch_up_limit": 1001}, "catch_up_limit", "less than or equal to 1000"),
+        ({"missed_grace": 0}, "missed_grace", "greater than or equal to 1"),
     ],
 )
 def test_scheduled_task_errors_name_the_field_and_nothing_is_saved(overrides, field, fragment):

@@ -235,3 +235,15 @@ def test_the_maintenance_task_is_registered_under_the_name_beat_sync_schedules()
         "tasks_resumed": 0,
         "queued_runs_lost": 0,
     }
+
+
+def test_the_tick_stamped_on_a_beat_message_is_the_runs_tick() -> None:
+    task = make_scheduled_task("stamped", "tests.sample_tasks.noop")
+    tick = dt.datetime(2026, 12, 1, 12, 1, tzinfo=dt.UTC)
+    with freeze_time(tick + dt.timedelta(minutes=2, seconds=58)):
+        run_scheduled_task.apply(
+            args=[task.pk],
+            kwargs={"scheduled_for": tick.isoformat()},
+            headers={"periodic_task_name": f"orchestrator:{task.pk}"},
+        )
+    assert TaskRun.objects.get().scheduled_for == tick

@@ -19,8 +19,8 @@ from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.db import DatabaseError, transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
@@ -28,13 +28,15 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST, require_safe
 
-from orchestrator import charts, history, operations
+from orchestrator import charts, history, operations, watchdog
+from orchestrator.conf import conf
 from orchestrator.dashboard import stats
 from orchestrator.forms import PauseForm, RunWithArgumentsForm
 from orchestrator.humanize import format_duration, retry_schedule
 from orchestrator.models import ScheduledTask, TaskRun
 from orchestrator.notifications.registry import mask_target
 from orchestrator.sanitize import truncate
+from orchestrator.scheduler.status import scheduler_status
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ CHANGE_PERM = "orchestrator.change_scheduledtask"
 RUNS_PER_PAGE = 50
 RETRY_DELAYS_SHOWN = 5
 HISTORY_SHOWN = 20
+# /health/ says "down" when the watchdog has not run for this many of its intervals.
+WATCHDOG_STALE_PASSES = 3
 # Arguments are shown in full only on the admin's change form: a megabyte of JSON would make
 # this page unusable.
 KWARGS_SHOWN = 2000
@@ -79,6 +83,40 @@ def _back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
 def _filter_value(request: HttpRequest, name: str) -> str:
     # PostgreSQL refuses a NUL in a query parameter (a 500); no stored value holds one anyway.
     return request.GET.get(name, "").replace("\x00", "")
+
+
+@require_safe
+def health(request: HttpRequest) -> JsonResponse:
+    """Is scheduling working? For load balancers, Kubernetes probes and uptime monitors.
+
+    No login: it names no task and shows no data. ``down`` (HTTP 503) when the scheduler's
+    heartbeat is stale or the watchdog has not run a pass recently; ``ok`` (200) otherwise.
+    """
+    try:
+        scheduler = scheduler_status()
+        watchdog_age = watchdog.last_pass_age()
+    except DatabaseError:
+        # The database is the schedule: without it nothing runs.
+        return JsonResponse({"status": "down", "error": "database unreachable"}, status=503)
+    watchdog_stale = watchdog_age is None or watchdog_age > WATCHDOG_STALE_PASSES * max(
+        conf.WATCHDOG_INTERVAL, 1
+    )
+    healthy = not scheduler.stale and not watchdog_stale
+    body = {
+        "status": "ok" if healthy else "down",
+        "scheduler": {
+            "leader": scheduler.leader,
+            "heartbeat_age_s": _rounded(scheduler.heartbeat_age_s),
+        },
+        "watchdog": {"last_pass_age_s": _rounded(watchdog_age)},
+    }
+    response = JsonResponse(body, status=200 if healthy else 503)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
 
 
 @require_safe
@@ -123,6 +161,8 @@ def overview(request: HttpRequest) -> HttpResponse:
         "can_run": request.user.has_perm(RUN_PERM),
         "can_change": request.user.has_perm(CHANGE_PERM),
         "admin_url": _admin_url("orchestrator_scheduledtask_changelist"),
+        "scheduler": scheduler_status(),
+        "stale_after": conf.SCHEDULER_STALE_AFTER,
         "now": now,
     }
     return render(request, "orchestrator/dashboard.html", context)

@@ -218,6 +218,29 @@ def _notify_recovery(run: TaskRun) -> list[NotificationDelivery]:
     return deliveries
 
 
+def notify_scheduler(change: str, note: str) -> list[NotificationDelivery]:
+    """Alert the default channels that the scheduler ``"stopped"`` or is ``"back"``; ``note``
+    says more. The caller (the watchdog) sends each change once; no cooldown applies."""
+    channels = [
+        channel
+        for channel in NotificationChannel.objects.filter(enabled=True, is_default=True)
+        if Event.SCHEDULER in (channel.events or [])
+    ]
+    alert = Alert(event=Event.SCHEDULER, task_name=change, note=note)
+    deliveries = []
+    with transaction.atomic():
+        for channel in channels:
+            delivery = NotificationDelivery.objects.create(
+                channel=channel,
+                event=Event.SCHEDULER,
+                status=NotificationDelivery.Status.PENDING,
+                created_at=timezone.now(),
+            )
+            deliveries.append(delivery)
+            enqueue(delivery.pk, alert)
+    return deliveries
+
+
 def enqueue(delivery_id: int, message: Message) -> None:
     """Queue the delivery task once the current transaction commits."""
     data = message.to_dict()

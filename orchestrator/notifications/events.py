@@ -30,10 +30,15 @@ class Event(models.TextChoices):
     RECOVERY = "recovery", "Recovery"
     REPORT = "report", "Failure report"
     PAUSED = "paused", "Paused by the circuit breaker"
+    MISSED = "missed", "Missed runs"
+    SCHEDULER = "scheduler", "Scheduler stopped or back"
 
 
-# The events a single run can cause an alert for (a report is about many runs).
-RUN_EVENTS = (Event.RETRY, Event.FAILURE, Event.RECOVERY, Event.PAUSED)
+# The events a single run can cause an alert for (a report is about many runs, the scheduler's
+# about none).
+RUN_EVENTS = (Event.RETRY, Event.FAILURE, Event.RECOVERY, Event.PAUSED, Event.MISSED)
+# Events whose alert is about the task (or the scheduler) rather than one attempt of it.
+TASK_EVENTS = (Event.PAUSED, Event.MISSED, Event.SCHEDULER)
 
 
 def _iso(value: dt.datetime | None) -> str | None:

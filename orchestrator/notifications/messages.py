@@ -18,6 +18,8 @@ EVENT_WORDS = {
     "recovery": "RECOVERED",
     "report": "REPORT",
     "paused": "PAUSED",
+    "missed": "MISSED",
+    "scheduler": "SCHEDULER",
     TEST_EVENT: "TEST",
 }
 # Control characters (newlines included) would let a task name or error text forge email
@@ -41,12 +43,19 @@ def headline(alert: Alert) -> str:
     word = EVENT_WORDS.get(alert.event, alert.event.upper())
     if alert.event == TEST_EVENT:
         return f"{word}: notifications from orchestrator work"
+    if alert.event in ("missed", "scheduler", "paused"):
+        # About the task (or the scheduler), not one attempt of it.
+        return f"{word}: {one_line(alert.task_name)}"
     return f"{word}: {one_line(alert.task_name)} (attempt {alert.attempt}/{alert.max_attempts})"
 
 
 def summary(alert: Alert) -> str:
     """One sentence on what happened and what happens next."""
     name = one_line(alert.task_name)
+    if alert.event == "missed":
+        return f"{name} did not run: {one_line(alert.note)}."
+    if alert.event == "scheduler":
+        return f"{one_line(alert.note)}."
     if alert.event == "paused":
         return (
             f"{name} was paused ({one_line(alert.note)}); its runs are skipped until someone "
@@ -81,8 +90,14 @@ def summary(alert: Alert) -> str:
 
 def fields(alert: Alert) -> list[tuple[str, str]]:
     """Labelled facts about the run, in display order; absent facts are left out."""
-    if alert.event == TEST_EVENT:
+    if alert.event in (TEST_EVENT, "scheduler"):
         return []
+    if alert.event == "missed":
+        return [
+            ("Task", one_line(alert.task_name)),
+            ("Definition", one_line(alert.definition) or "unknown"),
+            ("Queue", one_line(alert.queue) or "default"),
+        ]
     rows: list[tuple[str, str]] = [
         ("Task", one_line(alert.task_name)),
         ("Definition", one_line(alert.definition) or "unknown"),

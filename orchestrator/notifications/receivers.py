@@ -51,9 +51,14 @@ def on_paused(sender: Any, run: TaskRun | None = None, **kwargs: Any) -> None:
         logger.exception("Could not process paused notifications for run %s", run.pk)
 
 
+def on_missed(sender: Any, run: TaskRun | None = None, **kwargs: Any) -> None:
+    _notify(Event.MISSED, run)
+
+
 def connect() -> None:
     """Connect the receivers (idempotent: each has a dispatch_uid)."""
     signals.task_retrying.connect(on_retrying, dispatch_uid="orchestrator.notify.retrying")
     signals.task_failed.connect(on_failed, dispatch_uid="orchestrator.notify.failed")
     signals.task_recovered.connect(on_recovered, dispatch_uid="orchestrator.notify.recovered")
     signals.task_paused.connect(on_paused, dispatch_uid="orchestrator.notify.paused")
+    signals.task_missed.connect(on_missed, dispatch_uid="orchestrator.notify.missed")

@@ -554,3 +554,50 @@ def test_the_task_page_shows_its_change_history(admin_client_: Client, task: Sch
     task.pause("a reason")
     page = admin_client_.get(detail(task)).content.decode()
     assert "Change history" in page and "pause_reason" in page and "shell" in page
+
+
+# --- the scheduler's health ---------------------------------------------------------------------
+
+
+def test_health_is_503_without_a_scheduler_and_200_with_a_fresh_heartbeat_and_pass() -> None:
+    from orchestrator import watchdog
+    from orchestrator.scheduler.lease import Lease, ensure_row
+
+    health = reverse("orchestrator:health")
+    anonymous = Client()
+    response = anonymous.get(health)
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "down",
+        "scheduler": {"leader": None, "heartbeat_age_s": None},
+        "watchdog": {"last_pass_age_s": None},
+    }
+    ensure_row()
+    Lease("token", "beat-1:11", 10).step()
+    watchdog.run_pass("worker-a")
+    response = anonymous.get(health)
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert (body["status"], body["scheduler"]["leader"]) == ("ok", "beat-1:11")
+    assert body["scheduler"]["heartbeat_age_s"] < 5 and body["watchdog"]["last_pass_age_s"] < 5
+    assert response["Cache-Control"] == "no-store"
+
+
+def test_the_overview_shows_the_scheduler_and_turns_red_when_it_is_stale(
+    admin_client_: Client,
+) -> None:
+    from orchestrator.models import SchedulerLease
+    from orchestrator.scheduler.lease import LEASE_NAME, Lease, ensure_row
+    from orchestrator.scheduler.registry import ProcessRow
+
+    ensure_row()
+    Lease("token", "beat-1:11", 10).step()
+    ProcessRow("token-b", "beat-2", 22).beat("standby")
+    page = admin_client_.get(DASHBOARD).content.decode()
+    assert 'class="scheduler-state"' in page and "beat-1:11 sends" in page
+    assert "1 standby (beat-2:22)" in page
+    SchedulerLease.objects.filter(name=LEASE_NAME).update(
+        heartbeat_at=timezone.now() - dt.timedelta(minutes=5)
+    )
+    page = admin_client_.get(DASHBOARD).content.decode()
+    assert 'class="scheduler-state stale"' in page and "Scheduler down" in page

@@ -119,23 +119,36 @@ def start_worker(
 def start_beat(
     broker_url: str, real_database: str, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., CeleryProcess]]:
-    """Start real ``celery beat`` with django-celery-beat's DatabaseScheduler."""
+    """Start real ``celery beat``: ``start_beat()`` with orchestrator's scheduler.
+
+    ``scheduler=`` names another (django-celery-beat's DatabaseScheduler for the tests that
+    compare); ``wait`` is the log line that says it started; keyword arguments in capitals are
+    environment variables of the process.
+    """
     started: list[CeleryProcess] = []
 
-    def start(**env: str) -> CeleryProcess:
+    def start(
+        scheduler: str = "orchestrator.scheduler:Scheduler",
+        wait: str = "beat: Starting",
+        max_interval: float = 1,
+        **env: str,
+    ) -> CeleryProcess:
         log_path = log_path_for(request, "beat", len(started))
         beat = CeleryProcess(
             [
                 "beat",
                 "--loglevel=DEBUG",
-                "--scheduler=django_celery_beat.schedulers:DatabaseScheduler",
-                "--max-interval=1",
+                f"--scheduler={scheduler}",
+                f"--max-interval={max_interval:g}",
+                # Each beat its own pid file: several run side by side in the HA tests.
+                f"--pidfile={log_path.with_suffix('.pid')}",
+                f"--schedule={log_path.with_suffix('.schedule')}",
             ],
             subprocess_env(real_database, broker_url, **env),
             log_path,
         )
         started.append(beat)
-        beat.wait_for_log("beat: Starting", timeout=60)
+        beat.wait_for_log(wait, timeout=60)
         return beat
 
     yield start

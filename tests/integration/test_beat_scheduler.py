@@ -1,8 +1,8 @@
-"""django-celery-beat's own DatabaseScheduler reading what beat_sync wrote.
+"""Real ``celery beat`` reading what beat_sync wrote, with either scheduler.
 
-The first test runs real ``celery beat`` and a real worker: the synced PeriodicTask becomes a
-broker message that the dispatcher runs. The others drive the same DatabaseScheduler class
-in-process, as beat's loop does, to show that admin edits reach it.
+The first test runs orchestrator's scheduler and a real worker: the synced PeriodicTask becomes a
+broker message that the dispatcher runs. django-celery-beat's DatabaseScheduler keeps working
+with the same rows: the others drive it, in a real process and in-process, as beat's loop does.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def test_beat_sends_a_synced_entry_and_the_worker_runs_it(start_worker, start_be
     )
 
     assert (run.trigger, run.attempt, run.result) == ("schedule", 1, 5)
-    assert run.scheduled_for is not None  # beat's message: the run knows its tick
+    # Beat stamped the message with its tick: the start of a minute, at or before the run.
+    assert run.scheduled_for is not None
+    assert (run.scheduled_for.second, run.scheduled_for.microsecond) == (0, 0)
     assert run.scheduled_for <= run.started_at
     beat.wait_for_log(f"Sending due task {periodic.name} (orchestrator.run_scheduled_task)")
 
@@ -58,7 +60,28 @@ def test_beat_sends_a_synced_entry_and_the_worker_runs_it(start_worker, start_be
     task.save()
     # In the broker's direction: 2 on Redis (9 - 7), 7 on RabbitMQ.
     assert PeriodicTask.objects.get(pk=periodic.pk).priority == native_priority(7)
-    beat.wait_for_log("DatabaseScheduler: Schedule changed.", timeout=20)
+    beat.wait_for_log("schedule changed: reloaded 1 entries", timeout=20)
+
+
+def test_database_scheduler_still_serves_the_synced_rows(start_worker, start_beat) -> None:
+    task = make_scheduled_task("dcb-add", "tests.sample_tasks.add", kwargs={"a": 1, "b": 1})
+    PeriodicTask.objects.filter(name=periodic_task_name(task.pk)).update(
+        last_run_at=timezone.now() - dt.timedelta(minutes=2)
+    )
+    start_worker()
+    start_beat(scheduler="django_celery_beat.schedulers:DatabaseScheduler")
+
+    run = wait_until(
+        lambda: TaskRun.objects.filter(
+            scheduled_task=task, status=TaskRun.Status.SUCCEEDED
+        ).first(),
+        timeout=30,
+    )
+
+    # No tick in the message: the worker places the run in its tick by its own clock.
+    assert run.result == 2
+    assert run.scheduled_for is not None
+    assert run.scheduled_for <= run.started_at
 
 
 @override_settings(ORCHESTRATOR={**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "redis"})

@@ -17,7 +17,7 @@ from tests.integration.conftest import ROOT, _unavailable
 
 pytestmark = pytest.mark.integration
 
-BENCHMARKS = ("beat_sync", "dispatch", "alert_storm")
+BENCHMARKS = ("beat_sync", "dispatch", "alert_storm", "scheduler")
 
 
 def bench_database_url() -> str:
@@ -54,7 +54,7 @@ def test_the_smoke_benchmark_prints_a_table_per_benchmark(broker_url: str) -> No
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,  # about a minute on a quiet two-core machine
+        timeout=600,  # about three minutes on a quiet two-core machine (beat waits for ticks)
     )
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

@@ -27,7 +27,15 @@ def test_truncate():
 
 
 def test_the_events_a_run_can_cause_leave_out_the_report():
-    assert [e.value for e in Event] == ["retry", "failure", "recovery", "report", "paused"]
+    assert [e.value for e in Event] == [
+        "retry",
+        "failure",
+        "recovery",
+        "report",
+        "paused",
+        "missed",
+        "scheduler",
+    ]
     assert Event.REPORT not in RUN_EVENTS
 
 

@@ -50,7 +50,8 @@ def test_channel_validation_reports_the_right_field():
     with pytest.raises(ValidationError) as info:
         make_channel(events=["failure", "explosion"])
     assert info.value.message_dict["events"] == [
-        "Unknown event(s) explosion; choose among: retry, failure, recovery, report, paused."
+        "Unknown event(s) explosion; choose among: retry, failure, recovery, report, paused, "
+        "missed, scheduler."
     ]
     with pytest.raises(ValidationError) as info:
         make_channel(events="failure")
