@@ -446,7 +446,7 @@ class ScheduledTaskAdmin(HistoryAdminMixin, admin.ModelAdmin):
         (
             "Missed runs",
             {
-                "fields": CATCH_UP_FIELDS,
+                "fields": tuple(CATCH_UP_FIELDS),
                 "description": "When beat was down or the broker refused messages, several "
                 "ticks can fall due at once: catch-up decides which of them run. A tick without "
                 "a run after the grace period counts as missed.",

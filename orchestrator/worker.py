@@ -26,7 +26,7 @@ class WatchdogStep(bootsteps.StartStopStep):
     """Run a watchdog pass every ``ORCHESTRATOR["WATCHDOG_INTERVAL"]`` seconds, when it is this
     worker's turn."""
 
-    requires = {"celery.worker.components:Timer"}
+    requires = ("celery.worker.components:Timer",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)

@@ -93,13 +93,15 @@ class Scheduler(beat.Scheduler):
         )
         self.process = ProcessRow(token, hostname, pid, clock=self.monotonic)
         super().__init__(*args, **kwargs)
-        self.max_interval = float(
+        # The longest sleep between wake-ups; celery-types declares the base's attribute an int.
+        self.longest_sleep: float = float(
             kwargs.get("max_interval")
             or self.app.conf.beat_max_loop_interval
             or DEFAULT_MAX_INTERVAL
         )
+        self.max_interval = self.longest_sleep  # type: ignore[assignment]
         # The lease is renewed at every poll, several times within its lifetime.
-        self.poll_interval = min(self.max_interval, self.lease.seconds / 4)
+        self.poll_interval: float = min(self.longest_sleep, self.lease.seconds / 4)
 
     # Celery's hooks
 
@@ -109,7 +111,7 @@ class Scheduler(beat.Scheduler):
         self._full_load()
         self.process.beat(BeatProcess.Role.STANDBY, force=True)
 
-    @property  # type: ignore[override]
+    @property
     def schedule(self) -> dict[str, beat.ScheduleEntry]:
         """The entries by name, as Celery ``ScheduleEntry`` objects (a read-only view)."""
         return {entry.name: entry.as_schedule_entry(self.app) for entry in self.entries.values()}
@@ -431,7 +433,7 @@ class Scheduler(beat.Scheduler):
                 ticks = [tick for tick in ticks if tick < entry.expires]
             due.append((entry, ticks))
         policies = self._policies(entry.scheduled_task_id for entry, ticks in due if len(ticks) > 1)
-        plans = []
+        plans: list[tuple[Entry, list[dt.datetime], dt.datetime | None]] = []
         for entry, ticks in due:
             if not ticks:
                 plans.append((entry, [], None))
@@ -502,7 +504,11 @@ class Scheduler(beat.Scheduler):
                 break
             done: list[int] = []
             try:
-                context = batch(len(chunk) * 2) if batched else contextlib.nullcontext()
+                context = (
+                    batch(len(chunk) * 2)
+                    if batch is not None and batched
+                    else contextlib.nullcontext()
+                )
                 with context:
                     for tick, _, entry in chunk:
                         self._send(entry, tick, producer)
@@ -557,7 +563,7 @@ class Scheduler(beat.Scheduler):
             logger.debug("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
         task = self.app.tasks.get(entry.task)
         if task is not None:
-            task.apply_async(entry.args, kwargs, producer=producer, **options)
+            task.apply_async(tuple(entry.args), kwargs, producer=producer, **options)
         else:
             self.app.send_task(entry.task, entry.args, kwargs, producer=producer, **options)
 
@@ -612,7 +618,7 @@ class Scheduler(beat.Scheduler):
 
     def _sleep_time(self) -> float:
         until_poll = self._next_poll - self.monotonic()
-        wait = min(until_poll, self.max_interval)
+        wait = min(until_poll, self.longest_sleep)
         if self.lease.leader and self._fresh_state:
             nxt = self.due.peek()
             if nxt is not None:

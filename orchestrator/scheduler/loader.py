@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db import models
 from django.db.models import CharField, F, Q, Value
 from django.db.models.functions import MD5, Cast, Coalesce, Concat
 from django_celery_beat.models import (
@@ -52,7 +53,7 @@ RECONCILE_SECONDS = 60.0
 ID_CHUNK = 5000
 
 _SCHEDULE_RELATIONS = ("crontab", "interval", "solar", "clocked")
-_SCHEDULE_TABLES: dict[str, tuple[type, tuple[str, ...]]] = {
+_SCHEDULE_TABLES: dict[str, tuple[type[models.Model], tuple[str, ...]]] = {
     "crontab": (
         CrontabSchedule,
         ("minute", "hour", "day_of_month", "month_of_year", "day_of_week", "timezone"),
@@ -238,7 +239,7 @@ class ScheduleLoader:
         for relation, (model, columns) in _SCHEDULE_TABLES.items():
             snapshots[relation] = {
                 pk: tuple(str(value) for value in values)
-                for pk, *values in model.objects.values_list("pk", *columns)
+                for pk, *values in model._default_manager.values_list("pk", *columns)
             }
         return snapshots
 

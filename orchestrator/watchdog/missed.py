@@ -128,6 +128,8 @@ def _recorded_ticks(first: dt.datetime, last: dt.datetime) -> dict[int, set[int]
         | Q(status=TaskRun.Status.MISSED, missed_until__gte=first, scheduled_for__lte=last)
     ).values_list("scheduled_task_id", "scheduled_for", "status", "missed_until")
     for task_id, tick, status, missed_until in runs:
+        if tick is None:  # excluded by the filter; the column is nullable for manual runs
+            continue
         if status == TaskRun.Status.MISSED and missed_until is not None:
             # Every tick from the first to the last missed one is accounted for. Ticks fall on
             # whole minutes: the row covers every whole minute of its span within the window.
@@ -165,7 +167,8 @@ def _record(
             row.missed_until = ticks[-1]
             row.missed_count += len(ticks)
             row.finished_at = now
-            row.note = _describe(row.missed_count, row.scheduled_for, ticks[-1], grace_of(task))
+            first_tick = row.scheduled_for or ticks[0]  # a missed row always has its first tick
+            row.note = _describe(row.missed_count, first_tick, ticks[-1], grace_of(task))
             row.error_message = row.note
             to_extend.append(row)
             continue
