@@ -80,11 +80,19 @@ def api(superuser: Any) -> Any:
 
 
 @pytest.fixture
-def fake_slack() -> Iterator[Any]:
-    """The Slack look-alike HTTP server on localhost (tests/support/fake_slack.py)."""
+def fake_slack(settings: Any) -> Iterator[Any]:
+    """The Slack look-alike HTTP server on localhost (tests/support/fake_slack.py), listed in
+    ``ORCHESTRATOR["WEBHOOK_ALLOWED_HOSTS"]`` for the test."""
     from tests.support.fake_slack import FakeSlack
 
     server = FakeSlack()
+    settings.ORCHESTRATOR = {
+        **settings.ORCHESTRATOR,
+        "WEBHOOK_ALLOWED_HOSTS": [
+            *settings.ORCHESTRATOR.get("WEBHOOK_ALLOWED_HOSTS", []),
+            server.allowed_host,
+        ],
+    }
     yield server
     server.close()
 
