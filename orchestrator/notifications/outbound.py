@@ -130,10 +130,14 @@ class Destination:
     private_allowed: bool
 
 
-def check_url(url: str, *, what: str = "The webhook URL") -> Destination:
+def check_url(
+    url: str, *, what: str = "The webhook URL", from_settings: bool = False
+) -> Destination:
     """The destination of ``url``; raise :class:`OutboundRefused` when the rules refuse it.
 
-    ``what`` starts the messages ("The webhook URL", "SLACK_API_URL").
+    ``what`` starts the messages ("The webhook URL", "SLACK_API_URL"). ``from_settings`` is for
+    a URL from the project's settings (``SLACK_API_URL``), whose host need not be listed: the
+    scheme and address rules still apply.
     """
     try:
         parts = urlsplit((url or "").strip())
@@ -153,6 +157,8 @@ def check_url(url: str, *, what: str = "The webhook URL") -> Destination:
     effective_port = port or DEFAULT_PORTS[scheme]
     listed = [entry for entry in allowed_hosts() if entry.matches(host, effective_port)]
     shown = f"[{host}]" if ":" in host else host
+    if not listed and from_settings:
+        listed = [AllowedHost(host)]
     if not listed:
         allowed = ", ".join(str(e) for e in allowed_hosts()) or "nothing"
         raise OutboundRefused(
@@ -172,10 +178,12 @@ def check_url(url: str, *, what: str = "The webhook URL") -> Destination:
     return Destination(scheme, host, effective_port, private_allowed)
 
 
-def url_refusal(url: str, *, what: str = "The webhook URL") -> str | None:
+def url_refusal(
+    url: str, *, what: str = "The webhook URL", from_settings: bool = False
+) -> str | None:
     """Why ``url`` may not be posted to under the current settings, or None."""
     try:
-        check_url(url, what=what)
+        check_url(url, what=what, from_settings=from_settings)
     except OutboundRefused as err:
         return str(err)
     return None
@@ -240,7 +248,7 @@ def _pinned_create_connection(
     return create_connection
 
 
-def _connection_factory(base: type[http.client.HTTPConnection]) -> Any:
+def _connection_factory(base: type[http.client.HTTPConnection], from_settings: bool) -> Any:
     """A connection class for ``AbstractHTTPHandler.do_open`` that checks its destination and
     connects to the checked addresses only."""
 
@@ -248,7 +256,9 @@ def _connection_factory(base: type[http.client.HTTPConnection]) -> Any:
         kwargs.pop("check_hostname", None)  # Python 3.11 passes it; HTTPSConnection ignores None
         conn = base(host, **kwargs)
         scheme = "https" if isinstance(conn, http.client.HTTPSConnection) else "http"
-        destination = check_url(f"{scheme}://{host}/", what="The request")
+        destination = check_url(
+            f"{scheme}://{host}/", what="The request", from_settings=from_settings
+        )
         conn._create_connection = _pinned_create_connection(  # type: ignore[attr-defined]
             resolve_checked(destination)
         )
@@ -258,31 +268,36 @@ def _connection_factory(base: type[http.client.HTTPConnection]) -> Any:
 
 
 class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, from_settings: bool) -> None:
+        super().__init__()
+        self._from_settings = from_settings
+
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_connection_factory(http.client.HTTPConnection), req)
+        factory = _connection_factory(http.client.HTTPConnection, self._from_settings)
+        return self.do_open(factory, req)
 
 
 class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, from_settings: bool, context: ssl.SSLContext | None = None) -> None:
         super().__init__(context=context or ssl.create_default_context())
+        self._from_settings = from_settings
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(
-            _connection_factory(http.client.HTTPSConnection),
-            req,
-            context=self._context,  # type: ignore[attr-defined]
-        )
+        factory = _connection_factory(http.client.HTTPSConnection, self._from_settings)
+        return self.do_open(factory, req, context=self._context)  # type: ignore[attr-defined]
 
 
-def guarded_opener(context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
+def guarded_opener(
+    *, from_settings: bool = False, context: ssl.SSLContext | None = None
+) -> urllib.request.OpenerDirector:
     """A urllib opener that applies the rules above to every request it opens.
 
     It has no redirect handler (a 3xx answer is returned as it is), no error processor (a 4xx or
     5xx answer is returned, not raised) and no proxy handler.
     """
     opener = urllib.request.OpenerDirector()
-    opener.add_handler(_GuardedHTTPHandler())
-    opener.add_handler(_GuardedHTTPSHandler(context))
+    opener.add_handler(_GuardedHTTPHandler(from_settings))
+    opener.add_handler(_GuardedHTTPSHandler(from_settings, context))
     return opener
 
 
@@ -291,10 +306,12 @@ def guarded_open(
     timeout: float,
     *,
     what: str = "The webhook URL",
+    from_settings: bool = False,
     context: ssl.SSLContext | None = None,
 ) -> http.client.HTTPResponse:
     """Open ``request`` (its whole URL checked with :func:`check_url` first) through
     :func:`guarded_opener`; raise :class:`OutboundRefused` when the rules refuse it."""
-    check_url(request.full_url, what=what)
-    response = guarded_opener(context).open(request, timeout=timeout)
+    check_url(request.full_url, what=what, from_settings=from_settings)
+    opener = guarded_opener(from_settings=from_settings, context=context)
+    response = opener.open(request, timeout=timeout)
     return response  # type: ignore[no-any-return]

@@ -316,7 +316,9 @@ class GuardedWebClient(WebClient):
     def _perform_urllib_http_request_internal(
         self, url: str, req: urllib.request.Request
     ) -> dict[str, Any]:
-        response = guarded_open(req, self.timeout, what="SLACK_API_URL", context=self.ssl)
+        response = guarded_open(
+            req, self.timeout, what="SLACK_API_URL", from_settings=True, context=self.ssl
+        )
         body = _read_answer(response)
         if not body.lstrip().startswith("{"):
             raise SlackAnswerNotJSON(response.status, response.headers)  # type: ignore[arg-type]
@@ -436,7 +438,7 @@ class SlackChannel(Channel):
                 "$ORCHESTRATOR_SLACK_BOT_TOKEN, or use an incoming-webhook URL as the target.",
                 permanent=True,
             )
-        check_url(conf.SLACK_API_URL, what="SLACK_API_URL")
+        check_url(conf.SLACK_API_URL, what="SLACK_API_URL", from_settings=True)
         client = GuardedWebClient(
             token=token,
             base_url=conf.SLACK_API_URL,

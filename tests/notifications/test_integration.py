@@ -38,7 +38,7 @@ def worker_env(fake_slack=None, smtp=None, **extra: str) -> dict[str, str]:
         ),
     }
     if fake_slack is not None:
-        env["ORCHESTRATOR_SLACK_API_URL"] = fake_slack.api_url
+        env.update(fake_slack.worker_env())
         env["ORCHESTRATOR_SLACK_BOT_TOKEN"] = fake_slack.token
     if smtp is not None:
         env.update(smtp.env())
