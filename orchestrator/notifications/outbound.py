@@ -47,13 +47,16 @@ class OutboundRefused(Exception):
 
 @dataclass(frozen=True)
 class AllowedHost:
-    """One entry of ``WEBHOOK_ALLOWED_HOSTS``: a host name or address, and maybe a port."""
+    """One entry of ``WEBHOOK_ALLOWED_HOSTS``: a host name or address, and maybe a port.
+
+    An entry without a port allows the scheme's default port only (443 for https).
+    """
 
     host: str
     port: int | None = None
 
-    def matches(self, host: str, port: int) -> bool:
-        return self.host == host and (self.port is None or self.port == port)
+    def matches(self, host: str, port: int, scheme: str = "https") -> bool:
+        return self.host == host and (self.port or DEFAULT_PORTS[scheme]) == port
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -155,11 +158,9 @@ def check_url(
     if any(c.isspace() or ord(c) < 32 for c in url.strip()):
         raise OutboundRefused(f"{what} must not contain spaces or control characters.")
     effective_port = port or DEFAULT_PORTS[scheme]
-    listed = [entry for entry in allowed_hosts() if entry.matches(host, effective_port)]
+    listed = [e for e in allowed_hosts() if e.matches(host, effective_port, scheme)]
     shown = f"[{host}]" if ":" in host else host
-    if not listed and from_settings:
-        listed = [AllowedHost(host)]
-    if not listed:
+    if not listed and not from_settings:
         allowed = ", ".join(str(e) for e in allowed_hosts()) or "nothing"
         raise OutboundRefused(
             f"{what} points at {shown}:{effective_port}, which is not in {SETTING} "
@@ -167,6 +168,7 @@ def check_url(
             "setting."
         )
     loopback = is_loopback_host(host)
+    # Plain http needs the explicit host:port entry even for a URL from the settings.
     if scheme == "http" and not (loopback and any(e.port is not None for e in listed)):
         raise OutboundRefused(
             f"{what} must use https://; plain http:// is allowed only for a loopback host "
