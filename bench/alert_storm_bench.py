@@ -131,12 +131,11 @@ def storm(fake_slack: FakeSlack, cooldown: int, failures: int, window: float) ->
 
 
 def run(failures: int, window: float, cooldowns: list[int]) -> str:
+    from django.conf import settings
     from django.db import connection
 
     import tests.celery_app  # noqa: F401  (the test project's app publishes the runs)
     from tests.support.fake_slack import FakeSlack
-
-    from django.conf import settings
 
     fake_slack = FakeSlack()
     # The look-alike is on loopback over plain http: list it, here and in the worker.

@@ -147,7 +147,7 @@ def _outbound_problems() -> list[Error]:
         problems.append(
             Error(
                 f'ORCHESTRATOR["SLACK_API_URL"] cannot be used: {refusal}',
-                hint='Leave it unset (https://slack.com/api/), or for a local look-alike over '
+                hint="Leave it unset (https://slack.com/api/), or for a local look-alike over "
                 f"http list its loopback host:port in {SETTING}.",
                 id="orchestrator.E010",
             )
@@ -177,7 +177,9 @@ def check_channel_targets(
             refused.append(name)
     if not refused:
         return []
-    shown = ", ".join(refused[:10]) + (f" and {len(refused) - 10} more" if len(refused) > 10 else "")
+    shown = ", ".join(refused[:10]) + (
+        f" and {len(refused) - 10} more" if len(refused) > 10 else ""
+    )
     return [
         Warning(
             f"Notification channel(s) {shown} have a target that validation now refuses (a "

@@ -63,9 +63,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
         world.tested.append(row.pk)
 
     monkeypatch.setattr(ScheduledTask, "run_now", fake_run_now)
-    monkeypatch.setattr(
-        "orchestrator.notifications.admin.queue_test_notification", fake_queue_test
-    )
+    monkeypatch.setattr("orchestrator.notifications.admin.queue_test_notification", fake_queue_test)
     return world
 
 

@@ -50,6 +50,7 @@ from orchestrator.notifications.redact import redact
 from orchestrator.notifications.registry import UnknownChannelKind, get_channel
 from orchestrator.policies.alerts import Action, AlertDecision, AlertPolicy, DeliveryRetryPolicy
 from orchestrator.policies.alerts import AlertState as PolicyState
+from orchestrator.redaction import redact_run_text
 from orchestrator.routing import send_task_message
 from orchestrator.task_names import DELIVER_NOTIFICATION
 
@@ -86,9 +87,14 @@ def consecutive_failures(task: ScheduledTask) -> int:
 
 
 def alert_from_run(event: str, run: TaskRun) -> Alert:
-    """The alert for ``event`` about ``run`` (its scheduled task and definition are read)."""
+    """The alert for ``event`` about ``run`` (its scheduled task and definition are read).
+
+    The text it quotes goes through :func:`~orchestrator.redaction.redact_run_text` once more:
+    runs are stored redacted, and this holds for rows written before that or by other code.
+    """
     task = run.scheduled_task
     limit = min(ALERT_ERROR_CHARS, conf.MAX_ERROR_CHARS)
+    kwargs = task.kwargs if run.kwargs_override is None else run.kwargs_override
     return Alert(
         event=event,
         task_name=task.name,
@@ -99,12 +105,12 @@ def alert_from_run(event: str, run: TaskRun) -> Alert:
         duration=run.duration.total_seconds() if run.duration is not None else None,
         queue=run.queue or task.queue or "",
         error_type=run.error_type or "",
-        error_message=truncate(run.error_message or "", limit),
+        error_message=truncate(redact_run_text(run.error_message or "", kwargs), limit),
         started_at=run.started_at,
         next_retry_at=run.next_retry_at if event == Event.RETRY else None,
         run_id=run.pk,
         run_url=run_url(run.pk) if run.pk else "",
-        note=truncate(run.note or "", limit),
+        note=truncate(redact_run_text(run.note or "", kwargs), limit),
     )
 
 

@@ -37,7 +37,10 @@ def fake_slack(settings: Any) -> Iterator[FakeSlack]:
     server = FakeSlack(token=BOT_TOKEN)
     settings.ORCHESTRATOR = {
         **settings.ORCHESTRATOR,
-        "WEBHOOK_ALLOWED_HOSTS": [*settings.ORCHESTRATOR["WEBHOOK_ALLOWED_HOSTS"], server.allowed_host],
+        "WEBHOOK_ALLOWED_HOSTS": [
+            *settings.ORCHESTRATOR["WEBHOOK_ALLOWED_HOSTS"],
+            server.allowed_host,
+        ],
     }
     yield server
     server.close()

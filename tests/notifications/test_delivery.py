@@ -7,7 +7,6 @@ from freezegun import freeze_time
 from orchestrator import signals
 from orchestrator.models import AlertState, NotificationChannel, NotificationDelivery, ScheduledTask
 from orchestrator.notifications import delivery as service
-from orchestrator.notifications.base import NotificationError
 from orchestrator.notifications.events import Alert
 from orchestrator.policies.alerts import DeliveryRetryPolicy
 from tests.notifications.conftest import T0, failure_alert

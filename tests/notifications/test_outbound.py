@@ -150,9 +150,7 @@ def test_a_loopback_server_is_refused_unless_listed_with_its_port(
     assert canary.requests == []  # validation never connects
 
 
-def test_the_admin_and_the_api_share_the_rule(
-    admin_web: Client, api: Any, canary: Canary
-) -> None:
+def test_the_admin_and_the_api_share_the_rule(admin_web: Client, api: Any, canary: Canary) -> None:
     response = admin_web.post(
         reverse("admin:orchestrator_notificationchannel_add"),
         {
@@ -289,7 +287,10 @@ def test_the_connection_goes_to_the_address_that_was_checked(
         pytest.skip("127.0.0.2 is not available with that port here")
     settings.ORCHESTRATOR = {
         **settings.ORCHESTRATOR,
-        "WEBHOOK_ALLOWED_HOSTS": [*settings.ORCHESTRATOR["WEBHOOK_ALLOWED_HOSTS"], f"localhost:{port}"],
+        "WEBHOOK_ALLOWED_HOSTS": [
+            *settings.ORCHESTRATOR["WEBHOOK_ALLOWED_HOSTS"],
+            f"localhost:{port}",
+        ],
     }
     answers = iter(["127.0.0.1"])
     real = socket.getaddrinfo
@@ -315,7 +316,9 @@ def test_localhost_resolving_elsewhere_is_refused(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(
         outbound.socket,
         "getaddrinfo",
-        lambda host, port, *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", port))],
+        lambda host, port, *a, **k: [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", port))
+        ],
     )
     destination = outbound.Destination("http", "localhost", 8080, private_allowed=True)
     with pytest.raises(OutboundRefused, match="not loopback"):
@@ -338,13 +341,19 @@ def test_an_slack_api_url_that_breaks_the_rules_sends_nothing(
         check_url(settings.ORCHESTRATOR["SLACK_API_URL"], from_settings=True)
 
 
+WEBHOOK_GONE = "Slack webhook answered HTTP 404 no_service (webhook not found)"
+
+
 # --- what is reported -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("reply", "error"),
     [
-        (Reply(404, "no_service"), "Slack webhook answered HTTP 404 no_service (webhook not found)"),
+        (
+            Reply(404, "no_service"),
+            "Slack webhook answered HTTP 404 no_service (webhook not found)",
+        ),
         (Reply(403, "invalid_token"), "Slack webhook answered HTTP 403 invalid_token"),
         (Reply(400, "redis_version"), "Slack webhook answered HTTP 400"),
         (
