@@ -149,7 +149,7 @@ class NotificationChannelAdmin(admin.ModelAdmin):
             )
 
 
-def _masked_field(name: str) -> str:
+def _masked_field(name: Any) -> Any:
     return "target_display" if name == "target" else name
 
 

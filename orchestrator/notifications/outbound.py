@@ -315,5 +315,5 @@ def guarded_open(
     :func:`guarded_opener`; raise :class:`OutboundRefused` when the rules refuse it."""
     check_url(request.full_url, what=what, from_settings=from_settings)
     opener = guarded_opener(from_settings=from_settings, context=context)
-    response = opener.open(request, timeout=timeout)
-    return response  # type: ignore[no-any-return]
+    response: http.client.HTTPResponse = opener.open(request, timeout=timeout)
+    return response
