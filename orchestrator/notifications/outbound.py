@@ -193,15 +193,19 @@ def url_refusal(
 
 def resolve_checked(destination: Destination) -> list[tuple[Any, ...]]:
     """The socket addresses of ``destination``, every one checked; raise :class:`OutboundRefused`
-    when the name does not resolve or any address is not allowed."""
+    when any address is not allowed.
+
+    A name that does not resolve raises ``OSError`` (``socket.gaierror``), as connecting would:
+    a DNS outage is transient, and the delivery retries it.
+    """
     try:
         infos = socket.getaddrinfo(
             destination.host, destination.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
         )
-    except (OSError, UnicodeError):
-        raise OutboundRefused(f"The host {destination.host} could not be resolved.") from None
+    except UnicodeError:
+        raise OutboundRefused(f"The host {destination.host} is not a valid name.") from None
     if not infos:
-        raise OutboundRefused(f"The host {destination.host} could not be resolved.")
+        raise OSError(f"The host {destination.host} resolves to no address.")
     for _family, _type, _proto, _name, sockaddr in infos:
         address = str(sockaddr[0])
         if is_public_address(address):
@@ -220,7 +224,7 @@ def resolve_checked(destination: Destination) -> list[tuple[Any, ...]]:
         is_loopback_host(str(info[4][0])) for info in infos
     ):
         raise OutboundRefused(f"Plain http:// to {destination.host} leaves this machine.")
-    return [info for info in infos]
+    return list(infos)
 
 
 def _pinned_create_connection(

@@ -117,8 +117,10 @@ SLACK_ERROR_CODES = frozenset(
         "team_added_to_org",
     }
 )
-# Bytes of an answer read at most: only a short error code is ever used.
-MAX_ANSWER_BYTES = 65536
+# Bytes of an answer read at most: a webhook's answer is a short code; the Web API's JSON echoes
+# the message posted (at most 40,000 characters of text plus its blocks).
+MAX_WEBHOOK_ANSWER_BYTES = 65536
+MAX_API_ANSWER_BYTES = 4 * 1024 * 1024
 
 
 def slack_error_code(text: str | None) -> str:
@@ -282,9 +284,9 @@ class SlackAnswerNotJSON(Exception):
         self.headers = headers
 
 
-def _read_answer(response: Any) -> str:
+def _read_answer(response: Any, limit: int) -> str:
     charset = response.headers.get_content_charset() or "utf-8"
-    return str(response.read(MAX_ANSWER_BYTES).decode(charset, errors="replace"))
+    return str(response.read(limit).decode(charset, errors="replace"))
 
 
 class GuardedWebhookClient(WebhookClient):
@@ -301,7 +303,7 @@ class GuardedWebhookClient(WebhookClient):
         return WebhookResponse(
             url=url,
             status_code=response.status,
-            body=_read_answer(response),
+            body=_read_answer(response, MAX_WEBHOOK_ANSWER_BYTES),
             headers=response.headers,  # type: ignore[arg-type]
         )
 
@@ -319,7 +321,7 @@ class GuardedWebClient(WebClient):
         response = guarded_open(
             req, self.timeout, what="SLACK_API_URL", from_settings=True, context=self.ssl
         )
-        body = _read_answer(response)
+        body = _read_answer(response, MAX_API_ANSWER_BYTES)
         if not body.lstrip().startswith("{"):
             raise SlackAnswerNotJSON(response.status, response.headers)  # type: ignore[arg-type]
         return {"status": response.status, "headers": response.headers, "body": body}

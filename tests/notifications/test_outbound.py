@@ -441,3 +441,19 @@ def test_a_user_who_may_only_view_channels_sees_the_page_with_the_target_masked(
     assert "s3cr3tpath" not in html
     assert "https://hooks.slack.com/…1234" in html
     assert 'name="target"' not in html  # nothing to edit
+
+
+def test_a_name_that_does_not_resolve_is_a_transient_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unreachable_dns(*args: Any, **kwargs: Any) -> list[Any]:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", unreachable_dns)
+    channel = make_channel("hook", kind="slack", target="https://hooks.slack.com/services/T/B/x")
+    delivery = send_once(channel)
+    assert delivery.status == "failed"
+    assert delivery.attempts > 1  # retried: the DNS may answer again
+    assert delivery.error.startswith("Slack unreachable")
+    channel.refresh_from_db()
+    assert channel.last_error == ""  # not the channel's fault
