@@ -191,3 +191,22 @@ def test_an_alert_about_a_row_stored_before_redaction_is_redacted(fake_slack: Fa
     assert_clean(alert.error_message + alert.note, [url, KWARG_TOKEN, "an0th3rw3bh00k"], "alert")
     assert STRANGER_TOKEN not in alert.note
     assert service.alert_from_run is alert_from_run
+
+
+def test_the_failure_report_quotes_errors_redacted() -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from orchestrator.notifications.report import build_report
+
+    task = make_scheduled_task("legacy", "tests.sample_tasks.echo", kwargs={"token": KWARG_TOKEN})
+    make_run(
+        task,
+        status=TaskRun.Status.FAILED,
+        error_type="RuntimeError",
+        error_message=f"{KWARG_TOKEN} {SLACK_HOOK} {DB_URL}",
+    )
+    later = timezone.now() + dt.timedelta(minutes=1)
+    (row,) = build_report("1d", now=later).rows
+    assert_clean(row.last_error, [KWARG_TOKEN, "an0th3rw3bh00k", "db-pa55w0rd-77"], "the report")
