@@ -411,6 +411,9 @@ def test_a_legacy_row_with_an_unparsable_url_renders_masked_everywhere(
         "channel form": admin_web.get(
             reverse("admin:orchestrator_notificationchannel_change", args=[channel.pk])
         ),
+        "channel history": admin_web.get(
+            reverse("admin:orchestrator_notificationchannel_history", args=[channel.pk])
+        ),
         "task form": admin_web.get(
             reverse("admin:orchestrator_scheduledtask_change", args=[task.pk])
         ),
