@@ -131,12 +131,21 @@ def storm(fake_slack: FakeSlack, cooldown: int, failures: int, window: float) ->
 
 
 def run(failures: int, window: float, cooldowns: list[int]) -> str:
+    from django.conf import settings
     from django.db import connection
 
     import tests.celery_app  # noqa: F401  (the test project's app publishes the runs)
     from tests.support.fake_slack import FakeSlack
 
     fake_slack = FakeSlack()
+    # The look-alike is on loopback over plain http: list it, here and in the worker.
+    settings.ORCHESTRATOR = {
+        **settings.ORCHESTRATOR,
+        "WEBHOOK_ALLOWED_HOSTS": [
+            *settings.ORCHESTRATOR.get("WEBHOOK_ALLOWED_HOSTS", []),
+            fake_slack.allowed_host,
+        ],
+    }
     results = []
     purge_queues([RUN_QUEUE, NOTIFICATION_QUEUE])
     try:
@@ -145,7 +154,7 @@ def run(failures: int, window: float, cooldowns: list[int]) -> str:
             concurrency=2,
             db_name=connection.settings_dict["NAME"],
             settings="tests.support.worker_settings",
-            env={"ORCHESTRATOR_NOTIFICATION_QUEUE": NOTIFICATION_QUEUE},
+            env={"ORCHESTRATOR_NOTIFICATION_QUEUE": NOTIFICATION_QUEUE, **fake_slack.worker_env()},
         ):
             for cooldown in cooldowns:
                 results.append(storm(fake_slack, cooldown, failures, window))

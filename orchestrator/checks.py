@@ -12,6 +12,11 @@
 * orchestrator.W006: a Slack channel posts with the bot token, but no token is configured.
 * orchestrator.W007: CELERY_BEAT_SCHEDULER is not orchestrator's scheduler.
 * orchestrator.W008: Redis's visibility_timeout is shorter than a task's time limit or expiry.
+* orchestrator.E010: SLACK_API_URL is malformed, or not https (plain http only to a listed
+  loopback host:port).
+* orchestrator.E011: an entry of WEBHOOK_ALLOWED_HOSTS is not a host or host:port.
+* orchestrator.W010: saved notification channels whose target the current validation refuses
+  (a webhook host no longer allowed, an unparsable URL): their alerts fail until fixed.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ from celery import current_app
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError
 from django.db.models import Q
 
 from orchestrator import cron
 from orchestrator.conf import DEFAULTS, conf
 from orchestrator.models import NotificationChannel, ScheduledTask
-from orchestrator.notifications.registry import channel_class
+from orchestrator.notifications.outbound import SETTING, parse_allowed_host, url_refusal
+from orchestrator.notifications.registry import UnknownChannelKind, channel_class
 from orchestrator.policies.priority import HIGH_FIRST_TRANSPORTS, supports_priority
 from orchestrator.routing import broker_transport
 from orchestrator.task_names import RUN_SCHEDULED_TASK
@@ -82,6 +89,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
                 )
             )
     problems.extend(_channel_kind_problems())
+    problems.extend(_outbound_problems())
     if not conf.ALLOWED_TASK_MODULES:
         problems.append(
             Warning(
@@ -109,6 +117,79 @@ def _channel_kind_problems() -> list[Error]:
                 )
             )
     return problems
+
+
+def _outbound_problems() -> list[Error]:
+    problems = []
+    entries = (getattr(settings, "ORCHESTRATOR", None) or {}).get("WEBHOOK_ALLOWED_HOSTS")
+    if entries is not None and not isinstance(entries, list | tuple):
+        problems.append(
+            Error(
+                f"{SETTING} must be a list of host names, not {type(entries).__name__}.",
+                hint='Set it to a list such as ["hooks.slack.com"].',
+                id="orchestrator.E011",
+            )
+        )
+    else:
+        for entry in conf.WEBHOOK_ALLOWED_HOSTS:
+            try:
+                parse_allowed_host(entry)
+            except ValueError as err:
+                problems.append(
+                    Error(
+                        f"{SETTING} has an entry that allows nothing: {err}.",
+                        hint='List "host" or "host:port" entries, such as "hooks.slack.com" or '
+                        '"127.0.0.1:8080" for a local Slack look-alike.',
+                        id="orchestrator.E011",
+                    )
+                )
+    if refusal := url_refusal(conf.SLACK_API_URL, what="SLACK_API_URL", from_settings=True):
+        problems.append(
+            Error(
+                f'ORCHESTRATOR["SLACK_API_URL"] cannot be used: {refusal}',
+                hint="Leave it unset (https://slack.com/api/), or for a local look-alike over "
+                f"http list its loopback host:port in {SETTING}.",
+                id="orchestrator.E010",
+            )
+        )
+    return problems
+
+
+@register(Tags.compatibility, deploy=False)
+def check_channel_targets(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[Warning]:
+    # Validation rules tighten (WEBHOOK_ALLOWED_HOSTS): channels saved before keep their target,
+    # and this says which of them now fail rather than letting their alerts fail unannounced.
+    if not databases:
+        return []
+    try:
+        channels = list(NotificationChannel.objects.values_list("name", "kind", "target"))
+    except DatabaseError:
+        return []
+    refused = []
+    for name, kind, target in channels:
+        try:
+            channel_class(kind).validate_target(target)
+        except (UnknownChannelKind, ImportError):
+            continue  # orchestrator.E004 and the kind field report these
+        except ValidationError:
+            refused.append(name)
+    if not refused:
+        return []
+    shown = ", ".join(refused[:10]) + (
+        f" and {len(refused) - 10} more" if len(refused) > 10 else ""
+    )
+    return [
+        Warning(
+            f"Notification channel(s) {shown} have a target that validation now refuses (a "
+            f"webhook host not in {SETTING}, plain http, or a URL that cannot be parsed): "
+            "every alert to them fails.",
+            hint="Open each channel in the admin and save it with the URL Slack gave you, or "
+            f"add its host to {SETTING}.",
+            id="orchestrator.W010",
+        )
+    ]
 
 
 def _celery_app() -> Any:

@@ -62,6 +62,10 @@ DEFAULTS: dict[str, Any] = {
     # Broker transport used to translate priorities ("redis", "amqp", ...); None reads Celery's
     # broker_url.
     "BROKER_TRANSPORT": None,
+    # Hosts that Slack webhook URLs (and SLACK_API_URL) may point at: "host" or "host:port".
+    # Targets must use https; plain http only for a loopback host listed with its port (a local
+    # Slack look-alike). See docs/security.md.
+    "WEBHOOK_ALLOWED_HOSTS": ["hooks.slack.com"],
     # Notification channel kinds besides the built-in "slack" and "email": kind -> dotted path
     # of a Channel subclass, such as {"test": "orchestrator.notifications.testing.TestChannel"}.
     "CHANNEL_KINDS": {},
@@ -166,6 +170,12 @@ class OrchestratorSettings:
     def BROKER_TRANSPORT(self) -> str | None:
         return self._get("BROKER_TRANSPORT") or None
 
+    @property
+    def WEBHOOK_ALLOWED_HOSTS(self) -> tuple[Any, ...]:
+        value = self._get("WEBHOOK_ALLOWED_HOSTS")
+        if isinstance(value, str):
+            value = (value,)
+        return tuple(value or ())
 
     @property
     def CHANNEL_KINDS(self) -> dict[str, str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from orchestrator.models import ScheduledTask, TaskRun, TaskState
 from orchestrator.policies.retry import RetryPolicy, exception_names
 from orchestrator.prepared import PreparedGet
 from orchestrator.reconnect import CONNECTION_ERRORS, with_reconnect
+from orchestrator.redaction import redact_run_result, redact_run_text
 from orchestrator.routing import message_options, send_task_message
 from orchestrator.sanitize import error_message, error_type, json_safe_result, truncate
 from orchestrator.task_names import RUN_SCHEDULED_TASK
@@ -146,7 +148,9 @@ def run_task(attempt: Attempt, *, now: Now = timezone.now) -> RunOutcome:
     except (callables.CallableError, InvalidTaskError) as err:
         # A configuration error: retrying cannot fix it, so it is final at once.
         path = task.task_definition.import_path
-        message = f"Refused to run {path!r} for task {task.name!r}: {err}"
+        message = redact_run_text(
+            f"Refused to run {path!r} for task {task.name!r}: {err}", _run_kwargs(task, attempt)
+        )
         return record.without_call(
             TaskRun.Status.FAILED, message, signals.task_failed, error_type=error_type(err)
         )
@@ -157,8 +161,8 @@ def run_task(attempt: Attempt, *, now: Now = timezone.now) -> RunOutcome:
     try:
         value = func(**kwargs)
     except Exception as exc:  # the function's failure is data for the run, not ours to raise
-        return _failed(run, task, policy, exc, traceback.format_exc(), now)
-    return _succeeded(run, task, value, now)
+        return _failed(run, task, policy, exc, traceback.format_exc(), now, kwargs)
+    return _succeeded(run, task, value, now, kwargs)
 
 
 # Compiled once per process: the SQL of this three-table select cost more than the query.
@@ -179,6 +183,7 @@ def current_tick(task: ScheduledTask, at: dt.datetime) -> dt.datetime | None:
 
 
 # --- which tick, and whether to run at all ------------------------------------------------------
+
 
 class _NotToRun(Exception):
     """This attempt must not run: it finished before (a redelivery), or it was cancelled."""
@@ -277,11 +282,16 @@ def _prepare(
     except ValueError as err:  # a policy field edited in the database to a value it refuses
         raise InvalidTaskError(f"its retry policy is invalid: {err}") from None
     func = task.task_definition.resolve()
-    kwargs = task.kwargs if attempt.kwargs_override is None else attempt.kwargs_override
+    kwargs = _run_kwargs(task, attempt)
     if not isinstance(kwargs, dict):
         raise InvalidTaskError(f"kwargs must be a JSON object, not a JSON {type(kwargs).__name__}.")
     callables.check_kwargs(func, kwargs)
     return func, kwargs, policy
+
+
+def _run_kwargs(task: ScheduledTask, attempt: Attempt) -> Any:
+    """The kwargs this attempt runs with: the run's own, or the task's."""
+    return task.kwargs if attempt.kwargs_override is None else attempt.kwargs_override
 
 
 # --- writing the history ------------------------------------------------------------------------
@@ -323,6 +333,7 @@ class _Record:
         self.base["max_attempts"] = policy.max_attempts
         if self.task.overlap != ScheduledTask.Overlap.SKIP:
             return self._start()
+
         # Check and start under the task's row lock: two runs arriving together must not both
         # see the other one missing. An UPDATE of the row is the lock every database has
         # (SQLite has no SELECT ... FOR UPDATE, and takes its write lock here).
@@ -389,7 +400,9 @@ class _Record:
             self.run_id = None
             return self._insert(**fields)
         logger.info(
-            "Queued run %s of task %r is %s; not running it", current.pk, self.task.name,
+            "Queued run %s of task %r is %s; not running it",
+            current.pk,
+            self.task.name,
             current.status,
         )
         return current
@@ -483,10 +496,12 @@ class _Record:
         return None
 
 
-def _succeeded(run: TaskRun, task: ScheduledTask, value: Any, now: Now) -> RunOutcome:
+def _succeeded(
+    run: TaskRun, task: ScheduledTask, value: Any, now: Now, kwargs: dict[str, Any]
+) -> RunOutcome:
     _finish_timing(run, now())
     run.status = TaskRun.Status.SUCCEEDED
-    run.result = json_safe_result(value, conf.MAX_RESULT_CHARS)
+    run.result = storable_result(value, kwargs)
     previous = previous_final_status(task)
     if not _save_outcome(run, task, ["status", "finished_at", "duration", "result"]):
         return RunOutcome(Action.DONE, run, task)
@@ -498,13 +513,30 @@ def _succeeded(run: TaskRun, task: ScheduledTask, value: Any, now: Now) -> RunOu
     return RunOutcome(Action.DONE, run, task)
 
 
+def storable_result(value: Any, kwargs: Any) -> Any:
+    """``value`` as stored in ``TaskRun.result``: JSON, secrets masked, then bounded (masked
+    before the cut, so a cut never leaves the start of a secret in clear)."""
+    if value is None or isinstance(value, bool | int | float):
+        return json_safe_result(value, conf.MAX_RESULT_CHARS)
+    whole = json_safe_result(value, sys.maxsize)
+    return json_safe_result(redact_run_result(whole, kwargs), conf.MAX_RESULT_CHARS)
+
+
 def _failed(
-    run: TaskRun, task: ScheduledTask, policy: RetryPolicy, exc: Exception, trace: str, now: Now
+    run: TaskRun,
+    task: ScheduledTask,
+    policy: RetryPolicy,
+    exc: Exception,
+    trace: str,
+    now: Now,
+    kwargs: dict[str, Any],
 ) -> RunOutcome:
     _finish_timing(run, now())
     run.error_type = error_type(exc)
-    run.error_message = error_message(exc, conf.MAX_ERROR_CHARS)
-    run.traceback = truncate(trace, conf.MAX_TRACEBACK_CHARS, keep="tail")
+    # Masked before the cut, so a cut never leaves the start of a secret in clear.
+    message = redact_run_text(error_message(exc, sys.maxsize), kwargs)
+    run.error_message = truncate(message, conf.MAX_ERROR_CHARS)
+    run.traceback = truncate(redact_run_text(trace, kwargs), conf.MAX_TRACEBACK_CHARS, keep="tail")
     fields = ["status", "finished_at", "duration", "error_type", "error_message", "traceback"]
     decision = policy.decide(run.attempt, exception_names(type(exc)))
     if decision.retry:

@@ -32,7 +32,13 @@ from orchestrator import dispatcher, operations
 from orchestrator.conf import conf
 from orchestrator.models import NotificationDelivery, TaskRun
 from orchestrator.notifications import delivery as notification_delivery
-from orchestrator.notifications.events import RUN_EVENTS, Event, Message
+from orchestrator.notifications.events import (
+    RUN_EVENTS,
+    TEST_EVENT,
+    Event,
+    Message,
+    connection_test_alert,
+)
 from orchestrator.routing import message_options, send_task_message
 from orchestrator.sanitize import truncate
 from orchestrator.task_names import RUN_SCHEDULED_TASK
@@ -285,6 +291,8 @@ def mark_stuck_runs(
 
 def _message_for(row: NotificationDelivery) -> Message | None:
     """The alert ``row`` was queued with, built again from its run; None if it cannot be."""
+    if row.event == TEST_EVENT:
+        return connection_test_alert()
     run = row.task_run
     if run is None or row.event not in RUN_EVENTS:
         return None  # a report, or a run deleted since: there is nothing to describe

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from orchestrator import callables, cron, history
 from orchestrator.conf import conf
-from orchestrator.notifications.events import Event
+from orchestrator.notifications.events import DELIVERY_EVENT_CHOICES, Event
 from orchestrator.notifications.registry import kind_choices
 from orchestrator.notifications.validation import clean_channel
 from orchestrator.policies.retry import BackoffKind, RetryPolicy
@@ -801,7 +801,7 @@ class NotificationDelivery(models.Model):
     task_run = models.ForeignKey(
         TaskRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries"
     )
-    event = models.CharField(max_length=20, choices=Event.choices)
+    event = models.CharField(max_length=20, choices=DELIVERY_EVENT_CHOICES)
     status = models.CharField(max_length=20, choices=Status.choices, db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     suppressed_count = models.PositiveIntegerField(

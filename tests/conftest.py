@@ -80,11 +80,19 @@ def api(superuser: Any) -> Any:
 
 
 @pytest.fixture
-def fake_slack() -> Iterator[Any]:
-    """The Slack look-alike HTTP server on localhost (tests/support/fake_slack.py)."""
+def fake_slack(settings: Any) -> Iterator[Any]:
+    """The Slack look-alike HTTP server on localhost (tests/support/fake_slack.py), listed in
+    ``ORCHESTRATOR["WEBHOOK_ALLOWED_HOSTS"]`` for the test."""
     from tests.support.fake_slack import FakeSlack
 
     server = FakeSlack()
+    settings.ORCHESTRATOR = {
+        **settings.ORCHESTRATOR,
+        "WEBHOOK_ALLOWED_HOSTS": [
+            *settings.ORCHESTRATOR.get("WEBHOOK_ALLOWED_HOSTS", []),
+            server.allowed_host,
+        ],
+    }
     yield server
     server.close()
 
@@ -108,3 +116,20 @@ def slack_settings(settings: Any, fake_slack: Any) -> Any:
         "SLACK_BOT_TOKEN": fake_slack.token,
     }
     return fake_slack
+
+
+@pytest.fixture
+def deliver_now(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Queued notification deliveries run in this process as their Celery task would (once the
+    transaction commits), without a broker; returns the ``args`` of each message."""
+    from orchestrator.notifications.delivery import deliver
+    from orchestrator.notifications.tasks import deliver_notification
+
+    sent: list[Any] = []
+
+    def apply_async(args: Any, **options: Any) -> None:
+        sent.append(args)
+        deliver(*args, sleep=lambda seconds: None)
+
+    monkeypatch.setattr(deliver_notification, "apply_async", apply_async)
+    return sent

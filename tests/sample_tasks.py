@@ -75,3 +75,8 @@ def record_and_wait(log_file: str, label: str, seconds: float = 5.0) -> str:
     """Append ``label`` to ``log_file``, then wait: a run that is still running when another
     arrives (overlap), or that is cancelled while it runs."""
     return record(log_file, label, seconds)
+
+
+def leaks_secrets(message: str, api_token: str = "", password: str = "") -> None:
+    """Fail with an error that quotes every secret it was given, as a careless task would."""
+    raise RuntimeError(f"{message} (api_token={api_token}, password={password})")

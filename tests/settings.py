@@ -105,11 +105,23 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "orchestrator.scheduler:Scheduler"
 
+# The Web API URL of the tests: port 9 on loopback (nothing listens) unless a test's Slack
+# look-alike is given to a worker subprocess.
+_SLACK_API_URL = os.environ.get("ORCHESTRATOR_SLACK_API_URL", "http://127.0.0.1:9/api/")
 ORCHESTRATOR: dict[str, Any] = {
     "ALLOWED_TASK_MODULES": ["tests.sample_tasks", "orchestrator.builtin_tasks"],
     "BASE_URL": "http://testserver",
-    "SLACK_API_URL": os.environ.get("ORCHESTRATOR_SLACK_API_URL", "http://127.0.0.1:9/api/"),
+    "SLACK_API_URL": _SLACK_API_URL,
     "SLACK_BOT_TOKEN": os.environ.get("ORCHESTRATOR_SLACK_BOT_TOKEN", ""),
+    # Slack's host, and the loopback host:port of the Slack look-alike (plain http is allowed
+    # only for a loopback host listed with its port). Each FakeSlack server listens on a port
+    # of its own: the `fake_slack` fixture lists it in this process, and worker subprocesses
+    # get it in $ORCHESTRATOR_WEBHOOK_ALLOWED_HOSTS (FakeSlack.worker_env()).
+    "WEBHOOK_ALLOWED_HOSTS": [
+        "hooks.slack.com",
+        _SLACK_API_URL.split("://", 1)[1].split("/", 1)[0],
+        *filter(None, os.environ.get("ORCHESTRATOR_WEBHOOK_ALLOWED_HOSTS", "").split(",")),
+    ],
 }
 # Integration tests give their worker a short limit, so a "long" retry takes seconds.
 if os.environ.get("ORCHESTRATOR_MAX_BROKER_COUNTDOWN"):

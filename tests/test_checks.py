@@ -185,3 +185,80 @@ def test_w008_a_task_outlasting_redis_visibility_timeout(settings) -> None:
     assert "long (7200 s)" in warning.msg and "(3600 s)" in warning.msg
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "BROKER_TRANSPORT": "amqp"}
     assert check_visibility_timeout(databases=["default"]) == []
+
+
+def test_e010_slack_api_url_over_plain_http_to_an_unlisted_host(settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "SLACK_API_URL": "http://slack.example/api/"}
+    messages = checks.check_settings()
+    assert ids(messages) == ["orchestrator.E010"]
+    assert "https" in messages[0].msg
+    assert "WEBHOOK_ALLOWED_HOSTS" in messages[0].hint
+
+
+@pytest.mark.parametrize(
+    "url", ["https://slack.com:99999/api/", "ftp://slack.com/api/", "https://u:p@slack.com/api/"]
+)
+def test_e010_a_malformed_slack_api_url(settings, url):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "SLACK_API_URL": url}
+    assert ids(checks.check_settings()) == ["orchestrator.E010"]
+
+
+def test_e010_passes_for_slack_and_for_a_listed_loopback_look_alike(settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "SLACK_API_URL": "https://slack.com/api/"}
+    assert checks.check_settings() == []
+    settings.ORCHESTRATOR = {
+        **settings.ORCHESTRATOR,
+        "SLACK_API_URL": "http://127.0.0.1:8099/api/",
+        "WEBHOOK_ALLOWED_HOSTS": ["hooks.slack.com", "127.0.0.1:8099"],
+    }
+    assert checks.check_settings() == []
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        ["https://hooks.slack.com"],
+        ["hooks.slack.com/services"],
+        ["hooks.slack.com:http"],
+        ["127.0.0.1:99999"],
+        [""],
+        [42],
+        "hooks.slack.com hooks.example.com",
+        {"hooks.slack.com": True},
+    ],
+)
+def test_e011_an_allowed_host_entry_that_allows_nothing(settings, entries):
+    settings.ORCHESTRATOR = {
+        **settings.ORCHESTRATOR,
+        "SLACK_API_URL": "https://slack.com/api/",
+        "WEBHOOK_ALLOWED_HOSTS": entries,
+    }
+    messages = checks.check_settings()
+    assert ids(messages) == ["orchestrator.E011"]
+    assert "WEBHOOK_ALLOWED_HOSTS" in messages[0].msg
+
+
+def test_w010_channels_that_validation_now_refuses_are_named(settings, db):
+    from orchestrator.models import NotificationChannel
+
+    NotificationChannel.objects.create(
+        name="old-hook", kind="slack", target="https://hooks.example.com/services/T0/B0/abcd"
+    )
+    NotificationChannel.objects.create(
+        name="bad-port", kind="slack", target="https://hooks.slack.com:99999/services/T0/B0/x"
+    )
+    NotificationChannel.objects.create(
+        name="fine", kind="slack", target="https://hooks.slack.com/services/T0/B0/abcd"
+    )
+    assert checks.check_channel_targets() == []  # no database asked for: no query
+    messages = checks.check_channel_targets(databases=["default"])
+    assert ids(messages) == ["orchestrator.W010"]
+    assert "old-hook" in messages[0].msg and "bad-port" in messages[0].msg
+    assert "fine" not in messages[0].msg
+    assert "abcd" not in messages[0].msg  # names, never targets
+    settings.ORCHESTRATOR = {
+        **settings.ORCHESTRATOR,
+        "WEBHOOK_ALLOWED_HOSTS": ["hooks.slack.com", "hooks.example.com"],
+    }
+    (message,) = checks.check_channel_targets(databases=["default"])
+    assert "old-hook" not in message.msg

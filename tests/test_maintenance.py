@@ -514,6 +514,21 @@ def test_an_alert_that_cannot_be_rebuilt_is_marked_failed_at_once(queued) -> Non
     assert "cannot be queued again" in report_delivery.error
 
 
+def test_a_lost_test_notification_is_queued_again_like_an_alert(
+    queued, django_capture_on_commit_callbacks
+) -> None:
+    delivery = NotificationDelivery.objects.create(
+        channel=make_channel("ops"),
+        event="test",
+        status=NotificationDelivery.Status.PENDING,
+        created_at=NOW - dt.timedelta(minutes=6),
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert requeue_stale_deliveries(now=at()).deliveries_requeued == 1
+    delivery_id, message = queued.call_args.kwargs["args"]
+    assert (delivery_id, message["event"]) == (delivery.pk, "test")
+
+
 def test_a_requeued_alert_is_delivered_by_the_notification_service(
     django_capture_on_commit_callbacks,
 ) -> None:

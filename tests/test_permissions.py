@@ -59,11 +59,11 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
         world.sent.append((self.pk, str(trigger)))
         return SimpleNamespace(id="celery-id")
 
-    def fake_send_test(row: NotificationChannel) -> None:
+    def fake_queue_test(row: NotificationChannel) -> None:
         world.tested.append(row.pk)
 
     monkeypatch.setattr(ScheduledTask, "run_now", fake_run_now)
-    monkeypatch.setattr("orchestrator.notifications.admin.send_test", fake_send_test)
+    monkeypatch.setattr("orchestrator.notifications.admin.queue_test_notification", fake_queue_test)
     return world
 
 

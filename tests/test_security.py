@@ -284,6 +284,8 @@ def test_the_send_test_action_reports_errors_without_the_secret(
     target: str,
     reply: Reply | None,
     path: str | None,
+    deliver_now: list[Any],
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     if target == "webhook":
         value = slack_settings.webhook_url()
@@ -294,17 +296,23 @@ def test_the_send_test_action_reports_errors_without_the_secret(
     channel = make_channel("c", kind="slack", target=value)
     if reply is not None and path is not None:
         slack_settings.script(path, reply)
-    response = admin_web.post(
-        reverse("admin:orchestrator_notificationchannel_changelist"),
-        {"action": "send_test_notification", "_selected_action": [channel.pk]},
-        follow=True,
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_web.post(
+            reverse("admin:orchestrator_notificationchannel_changelist"),
+            {"action": "send_test_notification", "_selected_action": [channel.pk]},
+            follow=True,
+        )
     (message,) = [str(m) for m in response.context["messages"]]
-    assert "test notification failed" in message
+    assert "test notification queued" in message
     channel.refresh_from_db()
+    delivery = NotificationDelivery.objects.get(channel=channel, event="test")
+    assert delivery.status == "failed"
+    log = admin_web.get(reverse("admin:orchestrator_notificationdelivery_changelist"))
     for text, where in (
         (message, "the admin message"),
         (channel.last_error, "last_error"),
+        (delivery.error, "the delivery log"),
+        (log.content.decode(), "the delivery log page"),
         (response.content.decode(), "the page"),
         (everything_at_debug.text, "the logs"),
     ):

@@ -142,6 +142,12 @@ ORCHESTRATOR = {
     "BASE_URL": os.environ.get("DEMO_BASE_URL") or f"http://127.0.0.1:{DEMO_PORT}",
     # `celery beat` mirrors every ScheduledTask into django-celery-beat before its first tick.
     "STARTUP_TASK_SYNC": True,
+    # Slack webhooks must be https on these hosts; plain http only to a loopback host:port listed
+    # here, such as a local Slack look-alike: DEMO_SLACK_LOOKALIKE=127.0.0.1:8099.
+    "WEBHOOK_ALLOWED_HOSTS": [
+        "hooks.slack.com",
+        *filter(None, [os.environ.get("DEMO_SLACK_LOOKALIKE", "")]),
+    ],
 }
 
 LOGGING = {

@@ -8,11 +8,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.html import format_html
 
 from orchestrator.models import Event, NotificationChannel, NotificationDelivery
-from orchestrator.notifications.base import NotificationError
-from orchestrator.notifications.delivery import send_test
+from orchestrator.notifications.delivery import queue_test_notification
 from orchestrator.notifications.events import truncate
 from orchestrator.notifications.redact import redact
 from orchestrator.notifications.registry import mask_target
@@ -55,7 +55,9 @@ class NotificationChannelForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._masked = ""
-        if self.instance.pk and self.instance.target:
+        # A user who may only view gets no editable target field (the admin shows
+        # target_display instead, see NotificationChannelAdmin.get_fieldsets).
+        if self.instance.pk and self.instance.target and "target" in self.fields:
             masked = masked_target(self.instance)
             if masked != self.instance.target:
                 self._masked = masked
@@ -100,6 +102,16 @@ class NotificationChannelAdmin(admin.ModelAdmin):
     def target_display(self, obj: NotificationChannel) -> str:
         return masked_target(obj)
 
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        # Read-only pages show every field's raw value: show the target masked instead.
+        return [
+            (name, {**options, "fields": [_masked_field(f) for f in options["fields"]]})
+            for name, options in fieldsets
+        ]
+
     @admin.display(description="events")
     def events_display(self, obj: NotificationChannel) -> str:
         return ", ".join(obj.events or []) or "-"
@@ -121,17 +133,24 @@ class NotificationChannelAdmin(admin.ModelAdmin):
     def send_test_notification(
         self, request: HttpRequest, queryset: QuerySet[NotificationChannel]
     ) -> None:
+        log = reverse("admin:orchestrator_notificationdelivery_changelist")
         for channel in queryset:
-            try:
-                send_test(channel)
-            except NotificationError as err:
-                self.message_user(
-                    request, f"{channel.name}: test notification failed: {err}", messages.ERROR
-                )
-            else:
-                self.message_user(
-                    request, f"{channel.name}: test notification sent.", messages.SUCCESS
-                )
+            # Queued like any alert: the request never waits for Slack or SMTP.
+            queue_test_notification(channel)
+            self.message_user(
+                request,
+                format_html(
+                    '{}: test notification queued; its result will be in the <a href="{}">'
+                    "delivery log</a>.",
+                    channel.name,
+                    f"{log}?channel__id__exact={channel.pk}&event__exact=test",
+                ),
+                messages.SUCCESS,
+            )
+
+
+def _masked_field(name: Any) -> Any:
+    return "target_display" if name == "target" else name
 
 
 DELIVERY_FIELDS = (

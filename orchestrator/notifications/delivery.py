@@ -36,6 +36,7 @@ from orchestrator.notifications.base import Channel, NotificationError
 from orchestrator.notifications.email import EmailChannel
 from orchestrator.notifications.events import (
     ALERT_ERROR_CHARS,
+    TEST_EVENT,
     Alert,
     Event,
     Message,
@@ -49,12 +50,14 @@ from orchestrator.notifications.redact import redact
 from orchestrator.notifications.registry import UnknownChannelKind, get_channel
 from orchestrator.policies.alerts import Action, AlertDecision, AlertPolicy, DeliveryRetryPolicy
 from orchestrator.policies.alerts import AlertState as PolicyState
+from orchestrator.redaction import redact_run_text
 from orchestrator.routing import send_task_message
 from orchestrator.task_names import DELIVER_NOTIFICATION
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RETRY_POLICY = DeliveryRetryPolicy()
+TEST_POLICY = DeliveryRetryPolicy(max_attempts=1)
 
 
 # --- choosing channels and deciding -------------------------------------------------------
@@ -84,9 +87,14 @@ def consecutive_failures(task: ScheduledTask) -> int:
 
 
 def alert_from_run(event: str, run: TaskRun) -> Alert:
-    """The alert for ``event`` about ``run`` (its scheduled task and definition are read)."""
+    """The alert for ``event`` about ``run`` (its scheduled task and definition are read).
+
+    The text it quotes goes through :func:`~orchestrator.redaction.redact_run_text` once more:
+    runs are stored redacted, and this holds for rows written before that or by other code.
+    """
     task = run.scheduled_task
     limit = min(ALERT_ERROR_CHARS, conf.MAX_ERROR_CHARS)
+    kwargs = task.kwargs if run.kwargs_override is None else run.kwargs_override
     return Alert(
         event=event,
         task_name=task.name,
@@ -97,12 +105,12 @@ def alert_from_run(event: str, run: TaskRun) -> Alert:
         duration=run.duration.total_seconds() if run.duration is not None else None,
         queue=run.queue or task.queue or "",
         error_type=run.error_type or "",
-        error_message=truncate(run.error_message or "", limit),
+        error_message=truncate(redact_run_text(run.error_message or "", kwargs), limit),
         started_at=run.started_at,
         next_retry_at=run.next_retry_at if event == Event.RETRY else None,
         run_id=run.pk,
         run_url=run_url(run.pk) if run.pk else "",
-        note=truncate(run.note or "", limit),
+        note=truncate(redact_run_text(run.note or "", kwargs), limit),
     )
 
 
@@ -382,21 +390,27 @@ def deliver(
         delivery.refresh_from_db(fields=["status"])
         return str(delivery.status)
     row = delivery.channel
-    if not row.enabled:
+    is_test = delivery.event == TEST_EVENT
+    if not row.enabled and not is_test:
         return _finish(delivery, 0, "Channel disabled before the alert was sent")
     try:
         channel = get_channel(row.kind, row.target)
     except UnknownChannelKind as err:
         return _finish(delivery, 0, str(err))
     message = message_from_dict(data)
+    if is_test:
+        # One try: the operator waits for the answer in the delivery log.
+        policy = TEST_POLICY
     result = send_with_retries(
         channel, message, policy=policy, sleep=sleep, label=f"delivery {delivery_id}"
     )
     if result.ok:
+        if is_test:  # the channel works: its last error is history
+            NotificationChannel.objects.filter(pk=row.pk).update(last_error="", last_error_at=None)
         return _finish(delivery, result.attempts)
     assert result.error is not None
     error = redact(result.error.message, channel.secrets())
-    if result.error.permanent:
+    if result.error.permanent or is_test:
         mark_channel_error(row, error)
     logger.error(
         "Notification delivery %s to %s %s failed after %d attempt(s): %s",
@@ -423,23 +437,23 @@ def _finish(delivery: NotificationDelivery, attempts: int, error: str = "") -> s
     return str(delivery.status)
 
 
-def send_test(row: NotificationChannel) -> None:
-    """Send a test message through ``row`` once, now; raise NotificationError on failure.
+def queue_test_notification(row: NotificationChannel) -> NotificationDelivery:
+    """Queue a test message to ``row``, like any delivery; return its delivery row.
 
-    The outcome is stored on the channel: an error becomes its last error, a success clears it.
+    The send runs in the delivery task (one attempt), never in the caller's request, and its
+    outcome is written to the delivery log: an error also becomes the channel's last error, a
+    success clears it. A disabled channel is tested too (that is how one is checked before it
+    is enabled).
     """
-    channel = get_channel(row.kind, row.target)
-    result = send_with_retries(
-        channel,
-        connection_test_alert(),
-        policy=DeliveryRetryPolicy(max_attempts=1),
-        label="test",
-    )
-    if result.error is not None:
-        error = redact(result.error.message, channel.secrets())
-        mark_channel_error(row, error)
-        raise NotificationError(error, permanent=result.error.permanent)
-    NotificationChannel.objects.filter(pk=row.pk).update(last_error="", last_error_at=None)
+    with transaction.atomic():
+        delivery = NotificationDelivery.objects.create(
+            channel=row,
+            event=TEST_EVENT,
+            status=NotificationDelivery.Status.PENDING,
+            created_at=timezone.now(),
+        )
+        enqueue(delivery.pk, connection_test_alert())
+    return delivery
 
 
 @dataclass

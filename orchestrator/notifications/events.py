@@ -34,6 +34,9 @@ class Event(models.TextChoices):
     SCHEDULER = "scheduler", "Scheduler stopped or back"
 
 
+# What a delivery row can be about: the events, and the admin's test notification.
+DELIVERY_EVENT_CHOICES = [*Event.choices, (TEST_EVENT, "Test notification")]
+
 # The events a single run can cause an alert for (a report is about many runs, the scheduler's
 # about none).
 RUN_EVENTS = (Event.RETRY, Event.FAILURE, Event.RECOVERY, Event.PAUSED, Event.MISSED)

@@ -7,14 +7,24 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-# Slack tokens (xoxb-, xoxp-, xapp-...), webhook paths and bearer headers, wherever they appear.
-_PATTERNS = [
-    re.compile(r"\bxox[a-z]-[A-Za-z0-9-]+"),
-    re.compile(r"\bxapp-[A-Za-z0-9-]+"),
-    re.compile(r"(/services/)[^\s'\"<>,)]+"),
-    re.compile(r"(Bearer\s+)[^\s'\",}]+", re.IGNORECASE),
-]
 MASK = "********"
+# Slack tokens (xoxb-, xoxp-, xapp-...), Slack webhook URLs and paths, bearer headers and the user
+# info of any URL (``postgres://user:password@host``), wherever they appear: (pattern, what is
+# kept of a match).
+_PATTERNS = [
+    (re.compile(r"\bxox[a-z]-[A-Za-z0-9-]+"), MASK),
+    (re.compile(r"\bxapp-[A-Za-z0-9-]+"), MASK),
+    (
+        re.compile(r"(hooks\.slack(?:-gov)?\.com/(?:services/)?)[^\s'\"<>,)*]+", re.IGNORECASE),
+        r"\g<1>" + MASK,
+    ),
+    (re.compile(r"(/services/)[^\s'\"<>,)]+"), r"\g<1>" + MASK),
+    (re.compile(r"(Bearer\s+)[^\s'\",}]+", re.IGNORECASE), r"\g<1>" + MASK),
+    (
+        re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@'\"<>]+@", re.IGNORECASE),
+        r"\g<1>" + MASK + "@",
+    ),
+]
 # Any URL, for the SDK's log lines: a webhook URL is a credential wherever it is hosted.
 _URL = re.compile(r"\b(https?://[^/\s'\"]+)(/[^\s'\",}]*)")
 
@@ -62,11 +72,16 @@ def mask_secret(value: str) -> str:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with the given secrets and anything shaped like a Slack secret masked."""
-    for secret in sorted((s for s in secrets if s and len(s) >= 6), key=len, reverse=True):
+    """``text`` with the given secrets (those of 6 characters or more) and anything shaped like
+    a secret masked: Slack tokens and webhook URLs, bearer headers, credentials in URLs.
+
+    The building block; a run's text goes through ``orchestrator.redaction.redact_run_text``,
+    which knows the channels' secrets and the run's secret kwargs.
+    """
+    for secret in sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True):
         text = text.replace(secret, MASK)
-    for pattern in _PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + MASK, text)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
     return text
 
 

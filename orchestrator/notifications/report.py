@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from orchestrator.models import ScheduledTask, TaskRun
 from orchestrator.notifications.events import Report, ReportRow, task_url, truncate
+from orchestrator.redaction import redact_run_text
 
 _PERIOD = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -63,6 +64,7 @@ def build_report(period: str = "24h", now: dt.datetime | None = None) -> Report:
             "last_error_type",
             "last_error_message",
             "last_error_at",
+            "kwargs",
         )
     )
     rows = []
@@ -77,7 +79,8 @@ def build_report(period: str = "24h", now: dt.datetime | None = None) -> Report:
                 runs=t["n_runs"],
                 failures=t["n_failures"],
                 retries=t["n_retries"],
-                last_error=truncate(error, REPORT_ERROR_CHARS),
+                # Stored errors are redacted; this holds for rows stored before that too.
+                last_error=truncate(redact_run_text(error, t["kwargs"]), REPORT_ERROR_CHARS),
                 last_error_at=t["last_error_at"],
                 url=task_url(t["pk"]),
             )

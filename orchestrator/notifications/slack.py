@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import urllib.request
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -10,11 +11,18 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ValidationError
 from slack_sdk import WebClient, WebhookClient
 from slack_sdk.errors import SlackApiError, SlackClientError, SlackRequestError
+from slack_sdk.webhook import WebhookResponse
 
 from orchestrator.conf import conf
 from orchestrator.notifications import messages
 from orchestrator.notifications.base import Channel, NotificationError
 from orchestrator.notifications.events import TEST_EVENT, Alert, Message, Report, truncate
+from orchestrator.notifications.outbound import (
+    OutboundRefused,
+    check_url,
+    guarded_open,
+    url_refusal,
+)
 from orchestrator.notifications.redact import redact, sdk_logger
 
 HTTP_TIMEOUT = 10  # seconds per request; the delivery policy bounds the total
@@ -35,7 +43,90 @@ EMOJI = {
     TEST_EVENT: ":wave:",
 }
 _CHANNEL = re.compile(r"^#?[a-z0-9][a-z0-9._-]{0,79}$|^[CGDU][A-Z0-9]{6,}$")
-_ERROR_CODE = re.compile(r"^[a-z_]{1,60}$")
+# The error codes Slack documents for incoming webhooks and chat.postMessage. Only these are
+# quoted in stored errors and the admin: the body of any other answer (a server that is not
+# Slack, an HTML error page) is never reflected back.
+SLACK_ERROR_CODES = frozenset(
+    {
+        # incoming webhooks
+        "invalid_payload",
+        "user_not_found",
+        "channel_not_found",
+        "channel_is_archived",
+        "action_prohibited",
+        "posting_to_general_channel_denied",
+        "too_many_attachments",
+        "no_service",
+        "no_service_id",
+        "no_team",
+        "team_disabled",
+        "invalid_token",
+        "no_active_hooks",
+        "rate_limited",
+        # chat.postMessage
+        "as_user_not_supported",
+        "duplicate_channel_not_found",
+        "ekm_access_denied",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "invalid_metadata_format",
+        "invalid_metadata_schema",
+        "is_archived",
+        "message_limit_exceeded",
+        "messages_tab_disabled",
+        "metadata_must_be_sent_from_app",
+        "metadata_too_large",
+        "msg_too_long",
+        "no_text",
+        "not_in_channel",
+        "ratelimited",
+        "restricted_action",
+        "restricted_action_non_threadable_channel",
+        "restricted_action_read_only_channel",
+        "restricted_action_thread_locked",
+        "restricted_action_thread_only_channel",
+        "slack_connect_canvas_sharing_blocked",
+        "slack_connect_file_link_sharing_blocked",
+        "team_access_not_granted",
+        "access_denied",
+        "account_inactive",
+        "deprecated_endpoint",
+        "enterprise_is_restricted",
+        "invalid_auth",
+        "method_deprecated",
+        "missing_scope",
+        "not_allowed_token_type",
+        "not_authed",
+        "no_permission",
+        "org_login_required",
+        "token_expired",
+        "token_revoked",
+        "two_factor_setup_required",
+        "accesslimited",
+        "fatal_error",
+        "internal_error",
+        "invalid_arg_name",
+        "invalid_arguments",
+        "invalid_array_arg",
+        "invalid_charset",
+        "invalid_form_data",
+        "invalid_post_type",
+        "missing_post_type",
+        "request_timeout",
+        "service_unavailable",
+        "team_added_to_org",
+    }
+)
+# Bytes of an answer read at most: a webhook's answer is a short code; the Web API's JSON echoes
+# the message posted (at most 40,000 characters of text plus its blocks).
+MAX_WEBHOOK_ANSWER_BYTES = 65536
+MAX_API_ANSWER_BYTES = 4 * 1024 * 1024
+
+
+def slack_error_code(text: str | None) -> str:
+    """``text`` when it is one of Slack's documented error codes, else an empty string."""
+    code = (text or "").strip()
+    return code if code in SLACK_ERROR_CODES else ""
 
 
 def escape(text: str) -> str:
@@ -149,15 +240,16 @@ def webhook_error(
     status: int, body: str, headers: Mapping[str, Any] | None = None
 ) -> NotificationError | None:
     """Classify an incoming-webhook answer: None when it was accepted (any 2xx)."""
-    body = (body or "").strip()
     if 200 <= status < 300:
         # Slack answers "200 ok"; Slack-compatible servers (Mattermost, Rocket.Chat) answer 2xx
         # with other bodies. Retrying an accepted post would only duplicate it.
         return None
-    # Slack answers errors with a short code ("invalid_payload", "no_service"); anything else
-    # (an HTML error page) is not worth storing.
-    code = body if _ERROR_CODE.match(body) else ""
+    # Slack answers errors with a documented code ("invalid_payload", "no_service"); the body of
+    # any other answer is neither stored nor shown.
+    code = slack_error_code(body)
     detail = f"Slack webhook answered HTTP {status}" + (f" {code}" if code else "")
+    if 300 <= status < 400:
+        return NotificationError(detail + " (a redirect, never followed)", permanent=True)
     if status == 429:
         return NotificationError(detail + " (rate limited)", retry_after=retry_after(headers))
     if status >= 500:
@@ -174,13 +266,65 @@ def api_error(
     status: int, error: str, headers: Mapping[str, Any] | None = None
 ) -> NotificationError:
     """Classify a failed Web API call from its HTTP status and its ``error`` code."""
-    code = error if _ERROR_CODE.match(error or "") else ""
+    code = slack_error_code(error)
     detail = f"Slack chat.postMessage failed: HTTP {status}" + (f", error {code}" if code else "")
     if status == 429 or code == "ratelimited":
         return NotificationError(detail + " (rate limited)", retry_after=retry_after(headers))
     if status >= 500 or code in TRANSIENT_API_ERRORS:
         return NotificationError(detail)
     return NotificationError(detail, permanent=True)
+
+
+class SlackAnswerNotJSON(Exception):
+    """The Web API answered with something that is not Slack's JSON (only its status is kept)."""
+
+    def __init__(self, status: int, headers: Mapping[str, Any] | None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.headers = headers
+
+
+def _read_answer(response: Any, limit: int) -> str:
+    charset = response.headers.get_content_charset() or "utf-8"
+    return str(response.read(limit).decode(charset, errors="replace"))
+
+
+class GuardedWebhookClient(WebhookClient):
+    """slack-sdk's webhook client, opening its requests through
+    :func:`orchestrator.notifications.outbound.guarded_open` (allowed hosts, checked addresses,
+    no redirects, no proxy) instead of ``urllib.request.urlopen``.
+
+    It overrides the SDK's one method that opens the connection (slack-sdk 3.x); the SSRF tests
+    with real local servers fail if a new SDK release stops calling it.
+    """
+
+    def _perform_http_request_internal(self, url: str, req: urllib.request.Request) -> Any:
+        response = guarded_open(req, self.timeout, what="The webhook URL", context=self.ssl)
+        return WebhookResponse(
+            url=url,
+            status_code=response.status,
+            body=_read_answer(response, MAX_WEBHOOK_ANSWER_BYTES),
+            headers=response.headers,  # type: ignore[arg-type]
+        )
+
+
+class GuardedWebClient(WebClient):
+    """slack-sdk's Web API client, opening its requests like :class:`GuardedWebhookClient`.
+
+    An answer that is not JSON (a redirect, an HTML error page) raises
+    :class:`SlackAnswerNotJSON`, which keeps only the status.
+    """
+
+    def _perform_urllib_http_request_internal(
+        self, url: str, req: urllib.request.Request
+    ) -> dict[str, Any]:
+        response = guarded_open(
+            req, self.timeout, what="SLACK_API_URL", from_settings=True, context=self.ssl
+        )
+        body = _read_answer(response, MAX_API_ANSWER_BYTES)
+        if not body.lstrip().startswith("{"):
+            raise SlackAnswerNotJSON(response.status, response.headers)  # type: ignore[arg-type]
+        return {"status": response.status, "headers": response.headers, "body": body}
 
 
 class SlackChannel(Channel):
@@ -201,7 +345,17 @@ class SlackChannel(Channel):
     def validate_target(cls, target: str) -> None:
         target = (target or "").strip()
         if target.startswith(("https://", "http://")):
-            parts = urlsplit(target)
+            try:
+                parts = urlsplit(target)
+                parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+            except ValueError:
+                raise ValidationError(
+                    {
+                        "target": "The webhook URL's port must be a number from 1 to 65535; "
+                        "enter the URL Slack gave you, such as "
+                        "https://hooks.slack.com/services/T0000/B0000/abcd1234."
+                    }
+                ) from None
             if not parts.hostname or len(parts.path) < 2 or any(c.isspace() for c in target):
                 raise ValidationError(
                     {
@@ -209,6 +363,8 @@ class SlackChannel(Channel):
                         "https://hooks.slack.com/services/T0000/B0000/abcd1234."
                     }
                 )
+            if refusal := url_refusal(target):
+                raise ValidationError({"target": refusal})
             return
         if not _CHANNEL.match(target):
             raise ValidationError(
@@ -251,6 +407,10 @@ class SlackChannel(Channel):
                 self._post_message(payload)
         except NotificationError:
             raise
+        except OutboundRefused as err:
+            # The target (or SLACK_API_URL) breaks the outbound rules: nothing was sent, and
+            # nothing will be until someone changes it or the setting.
+            raise NotificationError(f"Slack request refused: {err}", permanent=True) from None
         except SlackRequestError as err:
             raise NotificationError(
                 f"Slack request refused before sending: {redact(str(err), self.secrets())}",
@@ -264,7 +424,8 @@ class SlackChannel(Channel):
             ) from None
 
     def _send_webhook(self, payload: dict[str, Any]) -> None:
-        client = WebhookClient(
+        check_url(self.target)  # again now: the settings may have changed since it was saved
+        client = GuardedWebhookClient(
             self.target, timeout=HTTP_TIMEOUT, logger=sdk_logger(), retry_handlers=[]
         )
         response = client.send_dict(payload)
@@ -279,7 +440,8 @@ class SlackChannel(Channel):
                 "$ORCHESTRATOR_SLACK_BOT_TOKEN, or use an incoming-webhook URL as the target.",
                 permanent=True,
             )
-        client = WebClient(
+        check_url(conf.SLACK_API_URL, what="SLACK_API_URL", from_settings=True)
+        client = GuardedWebClient(
             token=token,
             base_url=conf.SLACK_API_URL,
             timeout=HTTP_TIMEOUT,
@@ -288,6 +450,8 @@ class SlackChannel(Channel):
         )
         try:
             client.chat_postMessage(**payload)
+        except SlackAnswerNotJSON as err:
+            raise api_error(err.status, "", err.headers) from None
         except SlackApiError as err:
             response = err.response
             data = response.data if isinstance(response.data, dict) else {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -32,8 +33,15 @@ BOT_TOKEN = "xoxb-4242-s3cr3tb0tt0k3n-int"
 
 
 @pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
+def fake_slack(settings: Any) -> Iterator[FakeSlack]:
     server = FakeSlack(token=BOT_TOKEN)
+    settings.ORCHESTRATOR = {
+        **settings.ORCHESTRATOR,
+        "WEBHOOK_ALLOWED_HOSTS": [
+            *settings.ORCHESTRATOR["WEBHOOK_ALLOWED_HOSTS"],
+            server.allowed_host,
+        ],
+    }
     yield server
     server.close()
 
@@ -52,7 +60,7 @@ def worker_env(fake_slack: FakeSlack, smtp: SMTPServer) -> dict[str, str]:
         "ORCHESTRATOR_NOTIFICATION_RETRY": json.dumps(
             {"max_attempts": 3, "max_seconds": 10, "base_delay": 0.1, "max_delay": 0.5}
         ),
-        "ORCHESTRATOR_SLACK_API_URL": fake_slack.api_url,
+        **fake_slack.worker_env(),
         "ORCHESTRATOR_SLACK_BOT_TOKEN": fake_slack.token,
         **smtp.env(),
     }

@@ -76,27 +76,45 @@ def test_the_kind_choices_come_from_the_registry(admin_client):
     assert '<option value="email">Email</option>' in html
 
 
-def test_send_test_notification_action(admin_client, fake_slack):
+def test_send_test_notification_is_queued_and_its_result_lands_in_the_delivery_log(
+    admin_client, fake_slack, deliver_now, django_capture_on_commit_callbacks
+):
     good = make_channel("good", kind="slack", target=fake_slack.webhook_url())
     bad = make_channel(
         "bad", kind="slack", target=fake_slack.webhook_url("/services/T/B/deadhook123")
     )
     fake_slack.script("/services/T/B/deadhook123", Reply(404, "no_service"))
-    response = admin_client.post(
-        reverse("admin:orchestrator_notificationchannel_changelist"),
-        {"action": "send_test_notification", "_selected_action": [good.pk, bad.pk]},
-        follow=True,
-    )
+    changelist = reverse("admin:orchestrator_notificationchannel_changelist")
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = admin_client.post(
+            changelist,
+            {"action": "send_test_notification", "_selected_action": [good.pk, bad.pk]},
+            follow=True,
+        )
+    # The request only queued the sends: nothing reached Slack while it ran.
+    assert fake_slack.received() == []
     messages = [str(m) for m in response.context["messages"]]
+    log = reverse("admin:orchestrator_notificationdelivery_changelist")
     assert (
-        "bad: test notification failed: Slack webhook answered HTTP 404 no_service "
-        "(webhook not found)" in messages
+        f'good: test notification queued; its result will be in the <a href="{log}?'
+        f'channel__id__exact={good.pk}&amp;event__exact=test">delivery log</a>.' in messages
     )
-    assert "good: test notification sent." in messages
+    assert {(d.channel.name, d.event, d.status) for d in NotificationDelivery.objects.all()} == {
+        ("good", "test", "pending"),
+        ("bad", "test", "pending"),
+    }
+    for callback in callbacks:  # what the worker does once the transaction commits
+        callback()
     assert len(fake_slack.delivered(WEBHOOK_PATH)) == 1
+    assert len(fake_slack.received("/services/T/B/deadhook123")) == 1  # one try, no retries
+    rows = {d.channel.name: d for d in NotificationDelivery.objects.all()}
+    assert (rows["good"].status, rows["good"].error) == ("sent", "")
+    assert rows["bad"].status == "failed"
+    assert rows["bad"].error == "Slack webhook answered HTTP 404 no_service (webhook not found)"
     bad.refresh_from_db()
     assert bad.last_error.startswith("Slack webhook answered HTTP 404")
-    page = admin_client.get(reverse("admin:orchestrator_notificationchannel_changelist"))
+    page = admin_client.get(f"{log}?channel__id__exact={bad.pk}&event__exact=test")
+    assert page.status_code == 200
     assert "Slack webhook answered HTTP 404" in page.content.decode()
 
 

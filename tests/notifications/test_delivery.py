@@ -7,7 +7,6 @@ from freezegun import freeze_time
 from orchestrator import signals
 from orchestrator.models import AlertState, NotificationChannel, NotificationDelivery, ScheduledTask
 from orchestrator.notifications import delivery as service
-from orchestrator.notifications.base import NotificationError
 from orchestrator.notifications.events import Alert
 from orchestrator.policies.alerts import DeliveryRetryPolicy
 from tests.notifications.conftest import T0, failure_alert
@@ -339,14 +338,28 @@ def test_retry_logs_and_stored_errors_hold_no_secret(task, fake_slack, caplog):
     assert "s3cr3tW3bh00kT0k3n" not in delivery.error
 
 
-def test_send_test_clears_or_sets_the_last_error(fake_slack):
+def test_a_test_notification_is_a_delivery_that_clears_or_sets_the_last_error(
+    fake_slack, deliver_now, django_capture_on_commit_callbacks
+):
     channel = make_channel(kind="slack", target=fake_slack.webhook_url())
-    fake_slack.script(WEBHOOK_PATH, Reply(403, "invalid_token"))
-    with pytest.raises(NotificationError):
-        service.send_test(channel)
+    fake_slack.script(WEBHOOK_PATH, Reply(403, "invalid_token"), Reply(503, ""))
+    with django_capture_on_commit_callbacks(execute=True):
+        failed = service.queue_test_notification(channel)
+    failed.refresh_from_db()
+    assert (failed.event, failed.status, failed.attempts) == ("test", "failed", 1)
     channel.refresh_from_db()
     assert channel.last_error == "Slack webhook answered HTTP 403 invalid_token"
-    service.send_test(channel)
+    with django_capture_on_commit_callbacks(execute=True):
+        transient = service.queue_test_notification(channel)
+    transient.refresh_from_db()
+    # A transient error is tried once too, and still said on the channel.
+    assert (transient.status, transient.attempts) == ("failed", 1)
+    channel.refresh_from_db()
+    assert channel.last_error == "Slack webhook answered HTTP 503"
+    with django_capture_on_commit_callbacks(execute=True):
+        sent = service.queue_test_notification(channel)
+    sent.refresh_from_db()
+    assert sent.status == "sent"
     channel.refresh_from_db()
     assert (channel.last_error, channel.last_error_at) == ("", None)
     assert fake_slack.delivered()[0].json["blocks"][0]["text"]["text"].startswith(":wave: TEST")

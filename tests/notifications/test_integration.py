@@ -38,7 +38,7 @@ def worker_env(fake_slack=None, smtp=None, **extra: str) -> dict[str, str]:
         ),
     }
     if fake_slack is not None:
-        env["ORCHESTRATOR_SLACK_API_URL"] = fake_slack.api_url
+        env.update(fake_slack.worker_env())
         env["ORCHESTRATOR_SLACK_BOT_TOKEN"] = fake_slack.token
     if smtp is not None:
         env.update(smtp.env())
@@ -157,8 +157,18 @@ def test_a_storm_of_failures_yields_one_alert_and_one_recovery(
     ]
 
 
-def test_a_dead_slack_leaves_the_tasks_retries_and_outcome_unchanged(start_worker):
-    dead = f"http://127.0.0.1:{free_port()}/services/T0/B0/s3cr3tW3bh00kT0k3n"
+def test_a_dead_slack_leaves_the_tasks_retries_and_outcome_unchanged(start_worker, settings):
+    port = free_port()
+    dead = f"http://127.0.0.1:{port}/services/T0/B0/s3cr3tW3bh00kT0k3n"
+    # A listed loopback port where nothing listens (listed here and in the workers).
+    allowed = {"ORCHESTRATOR_WEBHOOK_ALLOWED_HOSTS": f"127.0.0.1:{port}"}
+    settings.ORCHESTRATOR = {
+        **settings.ORCHESTRATOR,
+        "WEBHOOK_ALLOWED_HOSTS": [
+            *settings.ORCHESTRATOR["WEBHOOK_ALLOWED_HOSTS"],
+            f"127.0.0.1:{port}",
+        ],
+    }
     channel = make_channel(
         "dead", kind="slack", target=dead, events=["retry", "failure"], cooldown=0
     )
@@ -171,8 +181,8 @@ def test_a_dead_slack_leaves_the_tasks_retries_and_outcome_unchanged(start_worke
     )
     task.notification_channels.set([channel])
     # Runs and deliveries on separate workers, as in production: alerts never take a run's slot.
-    start_worker(queues=["celery"], **worker_env())
-    notifier = start_worker(queues=[QUEUE], **worker_env())
+    start_worker(queues=["celery"], **worker_env(**allowed))
+    notifier = start_worker(queues=[QUEUE], **worker_env(**allowed))
 
     enqueue(task)
     runs = wait_until(lambda: runs_of(task.pk, 3), timeout=60)

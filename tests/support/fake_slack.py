@@ -69,6 +69,21 @@ class FakeSlack:
         return f"http://{host}:{port}"
 
     @property
+    def allowed_host(self) -> str:
+        """This server's entry in ``ORCHESTRATOR["WEBHOOK_ALLOWED_HOSTS"]``: loopback host and
+        port, the only way a plain-http webhook URL is accepted."""
+        host, port = self.server.server_address[:2]
+        return f"{host}:{port}"
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment that lists this server in a worker subprocess's allowed hosts (read by
+        tests/settings.py) and points its Web API at it."""
+        return {
+            "ORCHESTRATOR_WEBHOOK_ALLOWED_HOSTS": self.allowed_host,
+            "ORCHESTRATOR_SLACK_API_URL": self.api_url,
+        }
+
+    @property
     def api_url(self) -> str:
         return f"{self.url}/api/"
 
