@@ -12,6 +12,10 @@
 * orchestrator.W006: a Slack channel posts with the bot token, but no token is configured.
 * orchestrator.W007: CELERY_BEAT_SCHEDULER is not orchestrator's scheduler.
 * orchestrator.W008: Redis's visibility_timeout is shorter than a task's time limit or expiry.
+* orchestrator.E020: RUN_RETENTION_DAYS is not None or a whole number of days from 1 to 36500.
+* orchestrator.E021: DELIVERY_RETENTION_DAYS is not None or a whole number of days from 1 to 36500.
+* orchestrator.W020: deliveries are kept longer than runs, so runs they point to outlive
+  RUN_RETENTION_DAYS.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from django.core.checks import Error, Tags, Warning, register
 from django.db import DatabaseError
 from django.db.models import Q
 
-from orchestrator import cron
+from orchestrator import cron, retention
 from orchestrator.conf import DEFAULTS, conf
 from orchestrator.models import NotificationChannel, ScheduledTask
 from orchestrator.notifications.registry import channel_class
@@ -297,3 +301,42 @@ def check_visibility_timeout(
             id="orchestrator.W008",
         )
     ]
+
+
+RETENTION_CHECK_IDS = {
+    "RUN_RETENTION_DAYS": "orchestrator.E020",
+    "DELIVERY_RETENTION_DAYS": "orchestrator.E021",
+}
+
+
+@register(Tags.compatibility)
+def check_retention(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
+    if not isinstance(getattr(settings, "ORCHESTRATOR", {}), dict):
+        return []  # E002 says so
+    problems: list[Error | Warning] = []
+    for name, check_id in RETENTION_CHECK_IDS.items():
+        problem = retention.retention_problem(name, getattr(conf, name))
+        if problem is not None:
+            problems.append(
+                Error(
+                    problem,
+                    hint=f"Set ORCHESTRATOR['{name}'] to a number of days such as "
+                    f"{DEFAULTS[name]}, or None to keep that history forever.",
+                    id=check_id,
+                )
+            )
+    if problems:
+        return problems
+    runs, deliveries = conf.RUN_RETENTION_DAYS, conf.DELIVERY_RETENTION_DAYS
+    if runs is not None and (deliveries is None or deliveries > runs):
+        kept = "forever" if deliveries is None else f"for {deliveries} days"
+        problems.append(
+            Warning(
+                f"Notification deliveries are kept {kept} but runs for {runs} days: a run that "
+                "a kept delivery points to is kept with it, so the runs that were alerted "
+                "outlive RUN_RETENTION_DAYS.",
+                hint="Set ORCHESTRATOR['DELIVERY_RETENTION_DAYS'] to RUN_RETENTION_DAYS or less.",
+                id="orchestrator.W020",
+            )
+        )
+    return problems
