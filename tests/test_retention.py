@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import threading
 from typing import Any
 from unittest import mock
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection, connections, transaction
 from freezegun import freeze_time
 
 from orchestrator import maintenance, retention
@@ -320,6 +322,35 @@ def test_delete_runs_returns_what_it_deleted_and_keeps_a_run_that_changed_meanwh
     task_id = TaskRun.objects.get(pk=ids[1]).scheduled_task_id
     assert deleted == [PrunedRun(ids[0], task_id, S.SKIPPED, OLD)]
     assert list(TaskRun.objects.values_list("pk", flat=True)) == [ids[1]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_another_transaction_is_writing_is_skipped_not_waited_for():
+    if not connection.features.has_select_for_update_skip_locked:
+        pytest.skip("needs SELECT ... FOR UPDATE SKIP LOCKED and two connections at once")
+    ids = old_runs(3)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_a_row() -> None:
+        try:
+            with transaction.atomic():
+                TaskRun.objects.filter(pk=ids[1]).update(note="a worker writes this run")
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_a_row)
+    holder.start()
+    try:
+        assert locked.wait(timeout=10)
+        report = prune(now=NOW)
+    finally:
+        release.set()
+        holder.join(timeout=30)
+    assert report.runs == 2
+    assert list(TaskRun.objects.values_list("pk", flat=True)) == [ids[1]]
+    assert prune(now=NOW).runs == 1  # the next pass takes it
 
 
 def test_max_rows_bounds_a_call_and_the_next_call_goes_on():
