@@ -213,14 +213,25 @@ class Result:
     build_seconds: float
     dry_run_seconds: float
     dry_run_count: int
-    report: Any
+    reports: list[Any]
     statements: StatementTimes
     batch_times: list[float]
     windows: list[Window]
     queue_ran_dry: bool
 
+    @property
+    def deleted(self) -> int:
+        return sum(report.runs for report in self.reports)
 
-def measure(runs: int, quiet_seconds: float) -> Result:
+    @property
+    def prune_seconds(self) -> float:
+        return sum(report.seconds for report in self.reports)
+
+
+def measure(runs: int, rounds: int, quiet_seconds: float) -> Result:
+    """Build the history, then alternate quiet windows and prunes of ``runs / rounds`` rows
+    while the worker dispatches: the machine's other load falls on both kinds of window alike
+    (so does the autovacuum that a prune sets off, a real part of its cost)."""
     from django.db import connection
     from django.utils import timezone
 
@@ -236,9 +247,9 @@ def measure(runs: int, quiet_seconds: float) -> Result:
     dry_run_seconds = time.perf_counter() - started
 
     queue = f"bench-retention-{uuid.uuid4().hex[:8]}"
-    # Enough no-op runs that the queue never empties: two quiet windows and the prune (a guess
+    # Enough no-op runs that the queue never empties: the quiet windows and the prunes (a guess
     # of 5,000 deleted rows a second, generous for this machine).
-    messages = int(DISPATCH_RATE_GUESS * (2 * quiet_seconds + runs / 5000 + 30))
+    messages = int(DISPATCH_RATE_GUESS * ((rounds + 1) * quiet_seconds + runs / 5000 + 30))
     _publish(live_id, messages, queue)
     batch_times: list[float] = []
     timer = StatementTimes()
@@ -251,42 +262,73 @@ def measure(runs: int, quiet_seconds: float) -> Result:
         finally:
             batch_times.append(time.perf_counter() - began)
 
+    def quiet() -> Window:
+        window = Window("without prune", timezone.now(), None)
+        time.sleep(quiet_seconds)
+        window.end = timezone.now()
+        return window
+
+    windows: list[Window] = []
+    reports = []
+    chunk = math.ceil(runs / rounds)
     with Worker(queues=[queue], concurrency=2, db_name=db_name):
         live = TaskRun.objects.filter(scheduled_task_id=live_id)
         # Warm up: imports, first connections.
         wait_until(lambda: live.count() >= 100, timeout=120, what="the worker's first runs")
-        before = Window("without prune (before)", timezone.now(), None)
-        time.sleep(quiet_seconds)
-        before.end = during_start = timezone.now()
         retention._delete_run_batch = timed_batch  # type: ignore[assignment]
         try:
-            with connection.execute_wrapper(timer.wrapper()):
-                report = retention.prune(batch_size=BATCH_SIZE)
+            for _ in range(rounds):
+                windows.append(quiet())
+                window = Window("during prune", timezone.now(), None)
+                with connection.execute_wrapper(timer.wrapper()):
+                    reports.append(retention.prune(batch_size=BATCH_SIZE, max_rows=chunk))
+                window.end = timezone.now()
+                windows.append(window)
         finally:
             retention._delete_run_batch = original  # type: ignore[assignment]
-        during = Window("during prune", during_start, timezone.now())
-        after = Window("without prune (after)", during.end, None)
-        time.sleep(quiet_seconds)
-        after.end = timezone.now()
+        windows.append(quiet())
         finished = live.filter(finished_at__isnull=False).count()
     purge_queues([queue])
-    windows = [_fill(w, live_id) for w in (before, during, after)]
     return Result(
         runs=runs,
         build_seconds=build_seconds,
         dry_run_seconds=dry_run_seconds,
         dry_run_count=dry.runs,
-        report=report,
+        reports=reports,
         statements=timer,
         batch_times=sorted(batch_times),
-        windows=windows,
+        windows=[_fill(w, live_id) for w in windows],
         queue_ran_dry=finished >= messages,
     )
 
 
+@dataclass
+class Phase:
+    """The windows of one kind (with or without a prune), added up."""
+
+    name: str
+    seconds: float
+    runs: int
+    durations_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.runs / self.seconds if self.seconds else 0.0
+
+
+def _combined(name: str, windows: list[Window]) -> Phase:
+    chosen = [w for w in windows if w.name == name]
+    return Phase(
+        name=f"{name} ({len(chosen)} windows)",
+        seconds=sum(w.seconds for w in chosen),
+        runs=sum(w.runs for w in chosen),
+        durations_ms=sorted(d for w in chosen for d in w.durations_ms),
+    )
+
+
 def render(result: Result) -> str:
-    report = result.report
-    rate = report.runs / report.seconds if report.seconds else 0.0
+    seconds = result.prune_seconds
+    rate = result.deleted / seconds if seconds else 0.0
     stats = result.statements
     batches = result.batch_times
     prune_table = table(
@@ -307,13 +349,13 @@ def render(result: Result) -> str:
                 result.runs,
                 result.build_seconds,
                 result.dry_run_seconds,
-                report.runs,
-                report.seconds,
+                result.deleted,
+                seconds,
                 f"{rate:,.0f}",
-                report.batches,
+                sum(report.batches for report in result.reports),
                 f"{percentile(batches, 0.5) * 1000:.1f}",
                 f"{percentile(batches, 0.99) * 1000:.1f}",
-                f"{report.longest_batch * 1000:.1f}",
+                f"{(batches or [0.0])[-1] * 1000:.1f}",
             ]
         ],
     )
@@ -327,25 +369,25 @@ def render(result: Result) -> str:
         for kind in sorted(stats.count, key=lambda k: -stats.total[k])
     ]
     statement_table = table(["prune statement", "count", "mean ms", "longest ms"], statement_rows)
-    base = [w.rate for w in result.windows if w.name.startswith("without")]
-    baseline = sum(base) / len(base) if base else 0.0
+    without = _combined("without prune", result.windows)
+    during = _combined("during prune", result.windows)
     dispatch_rows = [
         [
-            w.name,
-            w.seconds,
-            w.runs,
-            f"{w.rate:,.1f}",
-            f"{w.rate / baseline:.2f}" if baseline else "-",
-            f"{percentile(w.durations_ms, 0.5):.1f}",
-            f"{percentile(w.durations_ms, 0.95):.1f}",
-            f"{(w.durations_ms or [0.0])[-1]:.1f}",
+            phase.name,
+            phase.seconds,
+            phase.runs,
+            f"{phase.rate:,.1f}",
+            f"{phase.rate / without.rate:.2f}" if without.rate else "-",
+            f"{percentile(phase.durations_ms, 0.5):.1f}",
+            f"{percentile(phase.durations_ms, 0.95):.1f}",
+            f"{(phase.durations_ms or [0.0])[-1]:.1f}",
         ]
-        for w in result.windows
+        for phase in (without, during)
     ]
     dispatch_table = table(
         [
             "dispatch (worker, 2 processes)",
-            "window s",
+            "s",
             "runs finished",
             "runs/s",
             "vs without",
@@ -354,6 +396,9 @@ def render(result: Result) -> str:
             "max ms",
         ],
         dispatch_rows,
+    )
+    sequence = ", ".join(
+        f"{'on' if w.name == 'during prune' else 'off'} {w.rate:,.0f}" for w in result.windows
     )
     note = (
         "\n\nThe worker's queue ran dry before the end: the rates are a lower bound."
@@ -366,12 +411,16 @@ def render(result: Result) -> str:
         + statement_table
         + "\n\n"
         + dispatch_table
-        + f"\n\nDry run counted {result.dry_run_count:,} prunable runs; the prune "
-        f"{'completed' if report.complete else 'did not complete'}." + note
+        + f"\n\nRuns/s per window in order (off: no prune, on: pruning): {sequence}."
+        + f"\n\nThe dry run counted {result.dry_run_count:,} prunable runs; "
+        f"{result.deleted:,} were deleted in {len(result.reports)} prunes of at most "
+        f"{math.ceil(result.runs / len(result.reports)):,} rows each." + note
     )
 
 
 def main(smoke: bool, runs: int | None = None) -> str:
     if runs is None:
         runs = 20_000 if smoke else 1_000_000
-    return render(measure(runs, quiet_seconds=5.0 if smoke else 20.0))
+    if smoke:
+        return render(measure(runs, rounds=2, quiet_seconds=4.0))
+    return render(measure(runs, rounds=5, quiet_seconds=10.0))
