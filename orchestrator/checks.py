@@ -277,12 +277,11 @@ def check_visibility_timeout(
     options = _celery_conf().broker_transport_options or {}
     timeout = float(options.get("visibility_timeout", REDIS_DEFAULT_VISIBILITY_TIMEOUT))
     try:
-        longest = (
+        longest = list(
             ScheduledTask.objects.filter(Q(time_limit__gt=timeout) | Q(expires__gt=timeout))
             .order_by("name")
             .values_list("name", "time_limit", "expires")[:5]
         )
-        longest = list(longest)
     except DatabaseError:
         return []
     if not longest:
