@@ -10,7 +10,7 @@ from unittest import mock
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection, connections, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from freezegun import freeze_time
 
 from orchestrator import maintenance, retention
@@ -351,6 +351,26 @@ def test_a_run_another_transaction_is_writing_is_skipped_not_waited_for():
     assert report.runs == 2
     assert list(TaskRun.objects.values_list("pk", flat=True)) == [ids[1]]
     assert prune(now=NOW).runs == 1  # the next pass takes it
+
+
+def test_a_batch_the_database_refuses_is_left_for_the_next_pass_and_the_others_go(
+    monkeypatch, caplog
+):
+    ids = old_runs(5)
+    delete = retention._delete_run_batch
+    calls = []
+
+    def refuse_the_first(batch: list[int], prunable: Any) -> int:
+        calls.append(batch)
+        if len(calls) == 1:
+            raise IntegrityError("a delivery refers to one of them")
+        return delete(batch, prunable)
+
+    monkeypatch.setattr(retention, "_delete_run_batch", refuse_the_first)
+    report = prune(now=NOW, batch_size=2)
+    assert report.runs == 3
+    assert list(TaskRun.objects.order_by("pk").values_list("pk", flat=True)) == ids[:2]
+    assert f"Could not prune runs {ids[0]} to {ids[1]}" in caplog.text
 
 
 def test_max_rows_bounds_a_call_and_the_next_call_goes_on():
