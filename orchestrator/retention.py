@@ -52,7 +52,6 @@ DEFAULT_BATCH_SIZE = 1000
 MAINTENANCE_BUDGET = 10.0
 # Retention settings are whole days from 1 to 100 years; None keeps that history forever.
 MAX_RETENTION_DAYS = 36500
-RETENTION_SETTINGS = ("RUN_RETENTION_DAYS", "DELIVERY_RETENTION_DAYS")
 
 FINISHED_DELIVERY_STATUSES = (
     NotificationDelivery.Status.SENT,
@@ -168,9 +167,9 @@ def _run_is_prunable(cut: Cutoffs, *, deliveries_pruned: bool) -> Q | None:
         Q(retry_sent_at__isnull=True) | Q(retry_sent_at__gte=cutoff)
     )
     references = NotificationDelivery.objects.filter(task_run=OuterRef("pk"))
-    kept_delivery = _delivery_is_prunable(cut)
-    if not deliveries_pruned and kept_delivery is not None:
-        references = references.exclude(kept_delivery)
+    prunable_delivery = _delivery_is_prunable(cut)
+    if not deliveries_pruned and prunable_delivery is not None:
+        references = references.exclude(prunable_delivery)
     # Ties on started_at are broken by id, as the history is ordered (-started_at, -id).
     newer_final = TaskRun.objects.filter(
         TaskRun.final_outcomes(),
