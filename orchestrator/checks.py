@@ -17,6 +17,10 @@
 * orchestrator.E011: an entry of WEBHOOK_ALLOWED_HOSTS is not a host or host:port.
 * orchestrator.W010: saved notification channels whose target the current validation refuses
   (a webhook host no longer allowed, an unparsable URL): their alerts fail until fixed.
+* orchestrator.E020: RUN_RETENTION_DAYS is not None or a whole number of days from 1 to 36500.
+* orchestrator.E021: DELIVERY_RETENTION_DAYS is not None or a whole number of days from 1 to 36500.
+* orchestrator.W020: deliveries are kept longer than runs, so runs they point to outlive
+  RUN_RETENTION_DAYS.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError
 from django.db.models import Q
 
-from orchestrator import cron
+from orchestrator import cron, retention
 from orchestrator.conf import DEFAULTS, conf
 from orchestrator.models import NotificationChannel, ScheduledTask
 from orchestrator.notifications.outbound import SETTING, parse_allowed_host, url_refusal
@@ -377,3 +381,42 @@ def check_visibility_timeout(
             id="orchestrator.W008",
         )
     ]
+
+
+RETENTION_CHECK_IDS = {
+    "RUN_RETENTION_DAYS": "orchestrator.E020",
+    "DELIVERY_RETENTION_DAYS": "orchestrator.E021",
+}
+
+
+@register(Tags.compatibility)
+def check_retention(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
+    if not isinstance(getattr(settings, "ORCHESTRATOR", {}), dict):
+        return []  # E002 says so
+    problems: list[Error | Warning] = []
+    for name, check_id in RETENTION_CHECK_IDS.items():
+        problem = retention.retention_problem(name, getattr(conf, name))
+        if problem is not None:
+            problems.append(
+                Error(
+                    problem,
+                    hint=f"Set ORCHESTRATOR['{name}'] to a number of days such as "
+                    f"{DEFAULTS[name]}, or None to keep that history forever.",
+                    id=check_id,
+                )
+            )
+    if problems:
+        return problems
+    runs, deliveries = conf.RUN_RETENTION_DAYS, conf.DELIVERY_RETENTION_DAYS
+    if runs is not None and (deliveries is None or deliveries > runs):
+        kept = "forever" if deliveries is None else f"for {deliveries} days"
+        problems.append(
+            Warning(
+                f"Notification deliveries are kept {kept} but runs for {runs} days: a run that "
+                "a kept delivery points to is kept with it, so the runs that were alerted "
+                "outlive RUN_RETENTION_DAYS.",
+                hint="Set ORCHESTRATOR['DELIVERY_RETENTION_DAYS'] to RUN_RETENTION_DAYS or less.",
+                id="orchestrator.W020",
+            )
+        )
+    return problems

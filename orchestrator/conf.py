@@ -38,6 +38,13 @@ DEFAULTS: dict[str, Any] = {
     # ETA messages after its visibility_timeout, RabbitMQ drops the channel after
     # consumer_timeout). Keep it below both.
     "MAX_BROKER_COUNTDOWN": 1800,
+    # Days of run history kept: the maintenance task deletes older runs, except each task's
+    # latest final run, runs still queued, running or awaiting a retry, and runs a kept alert
+    # delivery points to. None keeps every run.
+    "RUN_RETENTION_DAYS": 90,
+    # Days of the alert delivery log kept (finished deliveries; alert state that changes
+    # nothing any more goes with them). None keeps them all.
+    "DELIVERY_RETENTION_DAYS": 30,
     # Seconds after which the maintenance task marks a run of a task without a time limit that is
     # still "running" as lost, and alerts it (a task with a limit gets its limit plus 60 s).
     # None: never, for tasks without a limit.
@@ -140,6 +147,16 @@ class OrchestratorSettings:
     def STUCK_RUN_TIMEOUT(self) -> int | None:
         value = self._get("STUCK_RUN_TIMEOUT")
         return None if value is None else int(value)
+
+    @property
+    def RUN_RETENTION_DAYS(self) -> Any:
+        """As set: ``orchestrator.retention`` validates it (system check orchestrator.E020)."""
+        return self._get("RUN_RETENTION_DAYS")
+
+    @property
+    def DELIVERY_RETENTION_DAYS(self) -> Any:
+        """As set: ``orchestrator.retention`` validates it (system check orchestrator.E021)."""
+        return self._get("DELIVERY_RETENTION_DAYS")
 
     @property
     def MAINTENANCE_SCHEDULE(self) -> str | None:

@@ -11,7 +11,9 @@ beat_sync schedules that task every minute (``ORCHESTRATOR["MAINTENANCE_SCHEDULE
 * re-queues alerts whose broker message was lost, once, and gives up on them after that
   (:func:`requeue_stale_deliveries`);
 * resumes the tasks whose pause has ended (:func:`resume_paused_tasks`), and marks manual runs
-  still queued long after they were sent as lost (:func:`expire_queued_runs`).
+  still queued long after they were sent as lost (:func:`expire_queued_runs`);
+* deletes the history past ``RUN_RETENTION_DAYS`` and ``DELIVERY_RETENTION_DAYS``, for at most
+  ``retention.MAINTENANCE_BUDGET`` seconds (:func:`prune_history`, :mod:`orchestrator.retention`).
 
 Every write is a conditional UPDATE that claims its row, so passes running at the same time on
 several workers never send a retry or an alert twice. Each part runs on its own: one failing is
@@ -28,7 +30,7 @@ from dataclasses import asdict, dataclass
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from orchestrator import dispatcher, operations
+from orchestrator import dispatcher, operations, retention
 from orchestrator.conf import conf
 from orchestrator.models import NotificationDelivery, TaskRun
 from orchestrator.notifications import delivery as notification_delivery
@@ -80,6 +82,9 @@ class MaintenanceReport:
     deliveries_failed: int = 0
     tasks_resumed: int = 0
     queued_runs_lost: int = 0
+    runs_pruned: int = 0
+    deliveries_pruned: int = 0
+    alert_states_pruned: int = 0
 
     @property
     def changed(self) -> bool:
@@ -103,6 +108,8 @@ def run_maintenance(now: Callable[[], dt.datetime] = timezone.now) -> Maintenanc
         requeue_stale_deliveries,
         resume_paused_tasks,
         expire_queued_runs,
+        # Last: the parts above may still need the rows it would delete in the same pass.
+        prune_history,
     )
     for part in parts:
         try:
@@ -428,4 +435,21 @@ def expire_queued_runs(
                 "Run %s of task %s was still queued; marked lost", run.pk, run.scheduled_task_id
             )
             report.queued_runs_lost += 1
+    return report
+
+
+# --- history past its retention --------------------------------------------------------------
+
+
+def prune_history(
+    report: MaintenanceReport | None = None, *, now: Callable[[], dt.datetime] = timezone.now
+) -> MaintenanceReport:
+    """Delete the runs, deliveries and alert state past their retention, in short batches, for
+    at most ``retention.MAINTENANCE_BUDGET`` seconds: a backlog is worked off over the next
+    passes (see :func:`orchestrator.retention.prune`)."""
+    report = report if report is not None else MaintenanceReport()
+    pruned = retention.prune(now=now(), budget=retention.MAINTENANCE_BUDGET)
+    report.runs_pruned += pruned.runs
+    report.deliveries_pruned += pruned.deliveries
+    report.alert_states_pruned += pruned.alert_states
     return report

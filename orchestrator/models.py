@@ -607,6 +607,15 @@ class TaskRun(models.Model):
         dropped. False if it had already finished. See :func:`orchestrator.operations.cancel`."""
         return bool(_operations().cancel(self, user=user))
 
+    @classmethod
+    def final_outcomes(cls) -> Q:
+        """The runs that ended their task's run for good: succeeded, failed, or lost other than
+        by a worker that died (the attempt ran again) or an operator's revoke. The task's state
+        follows the latest of them."""
+        return Q(status__in=(cls.Status.SUCCEEDED, cls.Status.FAILED)) | (
+            Q(status=cls.Status.LOST) & ~Q(error_type__in=cls.NOT_FINAL_LOST_TYPES)
+        )
+
     @property
     def is_final_failure(self) -> bool:
         """Whether this run ended the task's run for good, in failure."""
@@ -622,10 +631,7 @@ class TaskStateManager(models.Manager["TaskState"]):
         The last run that ended for good (lost attempts that ran again or were revoked on
         purpose do not count), and the final failures after the last success.
         """
-        final = Q(status__in=(TaskRun.Status.SUCCEEDED, TaskRun.Status.FAILED)) | (
-            Q(status=TaskRun.Status.LOST) & ~Q(error_type__in=TaskRun.NOT_FINAL_LOST_TYPES)
-        )
-        runs = TaskRun.objects.filter(final, scheduled_task_id=scheduled_task_id)
+        runs = TaskRun.objects.filter(TaskRun.final_outcomes(), scheduled_task_id=scheduled_task_id)
         last = runs.order_by("-started_at", "-id").first()
         if last is None:
             self.filter(pk=scheduled_task_id).delete()

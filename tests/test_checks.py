@@ -262,3 +262,42 @@ def test_w010_channels_that_validation_now_refuses_are_named(settings, db):
     }
     (message,) = checks.check_channel_targets(databases=["default"])
     assert "old-hook" not in message.msg
+
+
+@pytest.mark.parametrize("value", [0, -5, 36501, 7.5, "90", True])
+def test_e020_invalid_run_retention(settings, value):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "RUN_RETENTION_DAYS": value}
+    messages = checks.check_retention()
+    assert ids(messages) == ["orchestrator.E020"]
+    assert "RUN_RETENTION_DAYS" in messages[0].msg
+    assert "None" in messages[0].hint
+
+
+@pytest.mark.parametrize("value", [0, "30 days"])
+def test_e021_invalid_delivery_retention(settings, value):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "DELIVERY_RETENTION_DAYS": value}
+    messages = checks.check_retention()
+    assert ids(messages) == ["orchestrator.E021"]
+    assert "DELIVERY_RETENTION_DAYS" in messages[0].msg
+
+
+@pytest.mark.parametrize("deliveries", [None, 91])
+def test_w020_deliveries_kept_longer_than_runs(settings, deliveries):
+    settings.ORCHESTRATOR = {
+        **settings.ORCHESTRATOR,
+        "RUN_RETENTION_DAYS": 90,
+        "DELIVERY_RETENTION_DAYS": deliveries,
+    }
+    messages = checks.check_retention()
+    assert ids(messages) == ["orchestrator.W020"]
+    assert isinstance(messages[0], Warning)
+
+
+@pytest.mark.parametrize("runs, deliveries", [(90, 30), (30, 30), (None, None), (None, 7)])
+def test_retention_checks_pass_for_consistent_settings(settings, runs, deliveries):
+    settings.ORCHESTRATOR = {
+        **settings.ORCHESTRATOR,
+        "RUN_RETENTION_DAYS": runs,
+        "DELIVERY_RETENTION_DAYS": deliveries,
+    }
+    assert checks.check_retention() == []

@@ -234,6 +234,9 @@ def test_the_maintenance_task_is_registered_under_the_name_beat_sync_schedules()
         "deliveries_failed": 0,
         "tasks_resumed": 0,
         "queued_runs_lost": 0,
+        "runs_pruned": 0,
+        "deliveries_pruned": 0,
+        "alert_states_pruned": 0,
     }
 
 
