@@ -329,8 +329,7 @@ def check_run_log(app_configs: Any = None, **kwargs: Any) -> list[Error | Warnin
                 Error(
                     f"ORCHESTRATOR['RUN_LOG_MAX_BYTES'] is {size!r}, not a whole number of "
                     "bytes; no run log is kept until it is fixed.",
-                    hint="Use a whole number such as 65536 (the default), or 0 to keep no run "
-                    "log.",
+                    hint="Use a whole number such as 65536 (the default), or 0 to keep no run log.",
                     id="orchestrator.E031",
                 )
             )

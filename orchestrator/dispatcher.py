@@ -512,7 +512,13 @@ def _failed(
     run.error_message = error_message(exc, conf.MAX_ERROR_CHARS)
     run.traceback = truncate(trace, conf.MAX_TRACEBACK_CHARS, keep="tail")
     fields = [
-        "status", "finished_at", "duration", "error_type", "error_message", "traceback", "log"
+        "status",
+        "finished_at",
+        "duration",
+        "error_type",
+        "error_message",
+        "traceback",
+        "log",
     ]
     decision = policy.decide(run.attempt, exception_names(type(exc)))
     if decision.retry:

@@ -211,7 +211,7 @@ class RunLogHandler(logging.Handler):
         super().__init__(level=logging.NOTSET)
         self.setFormatter(logging.Formatter(LINE_FORMAT))
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         # Overridden rather than emit(): most records arrive outside any run, and this way they
         # cost one context lookup, without taking the handler's lock.
         _keep_last_resort(record)
@@ -295,9 +295,9 @@ def install() -> None:
                 if _HANDLER not in logger.handlers:
                     logger.addHandler(_HANDLER)
         if not isinstance(sys.stdout, StreamProxy) and sys.stdout is not None:
-            sys.stdout = StreamProxy(sys.stdout, "stdout")  # type: ignore[assignment]
+            sys.stdout = StreamProxy(sys.stdout, "stdout")
         if not isinstance(sys.stderr, StreamProxy) and sys.stderr is not None:
-            sys.stderr = StreamProxy(sys.stderr, "stderr")  # type: ignore[assignment]
+            sys.stderr = StreamProxy(sys.stderr, "stderr")
 
 
 def new_run_log(kwargs: Mapping[str, Any] | None) -> RunLog:

@@ -100,6 +100,27 @@ def test_two_runs_in_two_threads_keep_only_their_own_lines() -> None:
         assert text.count(f"{label} printed") == 20
 
 
+def test_two_runs_in_two_greenlets_keep_only_their_own_lines() -> None:
+    gevent = pytest.importorskip("gevent")  # the gevent pool: one thread, many greenlets
+    logs: dict[str, str] = {}
+
+    def job(label: str) -> None:
+        run_log = new_log()
+        with runlog.capture(run_log):
+            for number in range(20):
+                gevent.sleep(0)  # hand over to the other greenlet between lines
+                logging.getLogger(f"tests.{label}").info("%s logged %d", label, number)
+                print(f"{label} printed {number}")
+        logs[label] = run_log.text()
+
+    gevent.joinall([gevent.spawn(job, label) for label in ("alpha", "beta")], timeout=30)
+
+    for label, other in (("alpha", "beta"), ("beta", "alpha")):
+        assert other not in logs[label]
+        assert logs[label].count(f"{label} logged") == 20
+        assert logs[label].count(f"{label} printed") == 20
+
+
 def test_a_chatty_run_keeps_its_last_bytes_after_a_marker() -> None:
     run_log = new_log(max_bytes=1000)
     with runlog.capture(run_log):
@@ -138,7 +159,9 @@ def test_one_huge_print_is_cut_as_it_arrives() -> None:
 
 def test_secrets_are_masked_before_anything_is_cut() -> None:
     secret = "s3cr3t-value-4c1b9e"
-    run_log = new_log(kwargs={"report": "daily", "api_token": secret, "nested": {"password": 123456}})
+    run_log = new_log(
+        kwargs={"report": "daily", "api_token": secret, "nested": {"password": 123456}}
+    )
     with runlog.capture(run_log):
         logger.warning("calling with %s", secret)
         print("token in pieces:", secret[:6], end="")
@@ -246,7 +269,10 @@ def test_nul_characters_and_lone_surrogates_are_stored_safely() -> None:
     [
         ("", ""),
         ("one\ntwo\n", "one\ntwo"),
-        ("\n".join(f"line {n}" for n in range(30)) + "\n", "\n".join(f"line {n}" for n in range(10, 30))),
+        (
+            "\n".join(f"line {n}" for n in range(30)) + "\n",
+            "\n".join(f"line {n}" for n in range(10, 30)),
+        ),
         ("x" * 2000, "…" + "x" * 1499),
     ],
 )

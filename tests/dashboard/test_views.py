@@ -635,6 +635,9 @@ def test_a_run_s_page_needs_the_view_permission(task: ScheduledTask) -> None:
     assert client_for(make_user("nobody")).get(page).status_code == 403
     assert client_for(None).get(page).status_code == 302
     assert client_for(make_user("viewer", *VIEW)).get(page).status_code == 200
-    assert client_for(make_user("viewer2", *VIEW)).get(
-        reverse("orchestrator:run-detail", args=[run.pk + 1000])
-    ).status_code == 404
+    assert (
+        client_for(make_user("viewer2", *VIEW))
+        .get(reverse("orchestrator:run-detail", args=[run.pk + 1000]))
+        .status_code
+        == 404
+    )

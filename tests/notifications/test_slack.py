@@ -416,5 +416,7 @@ def test_a_failure_with_a_log_shows_its_last_lines_in_a_code_block():
 
 def test_a_log_tail_that_escaping_lengthens_still_fits_its_section():
     blocks = SlackChannel(WEBHOOK).payload(failure_alert(log_tail="<&>" * 500 + "end"))["blocks"]
-    text = next(b["text"]["text"] for b in blocks if "Last lines" in b.get("text", {}).get("text", ""))
+    text = next(
+        b["text"]["text"] for b in blocks if "Last lines" in b.get("text", {}).get("text", "")
+    )
     assert len(text) <= 3000 and text.endswith("end```")
