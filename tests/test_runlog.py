@@ -20,6 +20,14 @@ from tests.utils import make_run, make_scheduled_task
 logger = logging.getLogger("tests.runlog")
 
 
+@pytest.fixture(autouse=True)
+def logging_at_info(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a worker started with --loglevel=INFO has it; other tests may have reconfigured logging
+    # in this process (a dictConfig disables the loggers that exist at that time).
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(logger, "disabled", False)
+
+
 def new_log(max_bytes: int = 65536, level: int = logging.INFO, kwargs: Any = None) -> runlog.RunLog:
     return runlog.RunLog(max_bytes, level, kwargs or {})
 
