@@ -35,6 +35,32 @@ def throwaway_database() -> Iterator[str]:
         teardown_databases(old_config, verbosity=0)
 
 
+@contextmanager
+def kept_database(benchmark: str) -> Iterator[str]:
+    """Use the database ``<name>_<benchmark>`` (PostgreSQL), created and migrated if needed,
+    and keep it afterwards: for data that takes minutes to build."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        raise SystemExit(f"the {benchmark} benchmark needs PostgreSQL in DATABASE_URL")
+    base = connection.settings_dict["NAME"]
+    name = f"{base}_{benchmark}"
+    with connection._nodb_cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        if cursor.fetchone() is None:
+            cursor.execute(f"CREATE DATABASE {connection.ops.quote_name(name)}")
+    connection.close()
+    connection.settings_dict["NAME"] = name
+    try:
+        # New migrations (such as another branch's aggregates) apply to the kept data too.
+        call_command("migrate", verbosity=0, interactive=False)
+        yield name
+    finally:
+        connection.close()
+        connection.settings_dict["NAME"] = base
+
+
 @dataclass
 class Measurement:
     seconds: float

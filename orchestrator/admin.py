@@ -747,6 +747,7 @@ class TaskRunAdmin(admin.ModelAdmin):
             "Outcome",
             {"fields": ["result_display", "error_type", "error_display", "traceback_display"]},
         ),
+        ("Log", {"fields": ["log_display"]}),
     ]
     # The history is read-only: every field shown is.
     readonly_fields = [
@@ -816,6 +817,25 @@ class TaskRunAdmin(admin.ModelAdmin):
         if not obj.traceback:
             return "-"
         return format_html("<pre>{}</pre>", obj.traceback)
+
+    @admin.display(description="log")
+    def log_display(self, obj: TaskRun) -> SafeString | str:
+        """What the function logged and printed, escaped, in a scrolling monospace block."""
+        if not obj.log:
+            return "-"
+        return format_html(
+            '<pre class="orchestrator-run-log" style="white-space: pre-wrap; max-height: 40em; '
+            'overflow: auto;">{}</pre>',
+            obj.log,
+        )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TaskRun]:
+        runs = super().get_queryset(request)
+        match = getattr(request, "resolver_match", None)
+        if match is not None and match.url_name == f"{self.opts.app_label}_taskrun_changelist":
+            # A page of 100 runs would read up to 100 logs that the list never shows.
+            runs = runs.defer("log")
+        return runs
 
 
 def _notifications_admin_exists() -> bool:

@@ -21,6 +21,9 @@
 * orchestrator.E021: DELIVERY_RETENTION_DAYS is not None or a whole number of days from 1 to 36500.
 * orchestrator.W020: deliveries are kept longer than runs, so runs they point to outlive
   RUN_RETENTION_DAYS.
+* orchestrator.E030: RUN_LOG_LEVEL names no logging level.
+* orchestrator.E031: RUN_LOG_MAX_BYTES is not a whole number of bytes, 0 or more.
+* orchestrator.W030: RUN_LOG_MAX_BYTES is above 1 MiB, kept in every run's row.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from django.db import DatabaseError
 from django.db.models import Q
 
 from orchestrator import cron, retention
-from orchestrator.conf import DEFAULTS, conf
+from orchestrator.conf import DEFAULTS, conf, parse_log_level
 from orchestrator.models import NotificationChannel, ScheduledTask
 from orchestrator.notifications.outbound import SETTING, parse_allowed_host, url_refusal
 from orchestrator.notifications.registry import UnknownChannelKind, channel_class
@@ -419,4 +422,49 @@ def check_retention(app_configs: Any = None, **kwargs: Any) -> list[Error | Warn
                 id="orchestrator.W020",
             )
         )
+    return problems
+
+
+# Past this, each run's row carries more log than a page or an alert can show.
+RUN_LOG_WARN_BYTES = 1024 * 1024
+
+
+@register(Tags.compatibility)
+def check_run_log(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
+    user = getattr(settings, "ORCHESTRATOR", None)
+    if not isinstance(user, dict):
+        return []  # E002 says so
+    problems: list[Error | Warning] = []
+    if "RUN_LOG_LEVEL" in user and parse_log_level(user["RUN_LOG_LEVEL"]) is None:
+        problems.append(
+            Error(
+                f"ORCHESTRATOR['RUN_LOG_LEVEL'] is {user['RUN_LOG_LEVEL']!r}, which names no "
+                "logging level; runs log at INFO and above until it is fixed.",
+                hint='Use a level name such as "INFO", "WARNING" or "DEBUG", or a number '
+                "(logging.INFO).",
+                id="orchestrator.E030",
+            )
+        )
+    if "RUN_LOG_MAX_BYTES" in user:
+        size = user["RUN_LOG_MAX_BYTES"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            problems.append(
+                Error(
+                    f"ORCHESTRATOR['RUN_LOG_MAX_BYTES'] is {size!r}, not a whole number of "
+                    "bytes; no run log is kept until it is fixed.",
+                    hint="Use a whole number such as 65536 (the default), or 0 to keep no run log.",
+                    id="orchestrator.E031",
+                )
+            )
+        elif size > RUN_LOG_WARN_BYTES:
+            problems.append(
+                Warning(
+                    f"ORCHESTRATOR['RUN_LOG_MAX_BYTES'] is {size:,} bytes: every run's row may "
+                    "carry that much log, which weighs on the database, its backups and the "
+                    "pages that show a run.",
+                    hint="Keep it at 1 MiB (1048576) or less; send long output to your log "
+                    "stack instead.",
+                    id="orchestrator.W030",
+                )
+            )
     return problems

@@ -6,6 +6,7 @@ access (never cached at import), so ``override_settings`` works in tests.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -76,6 +77,10 @@ DEFAULTS: dict[str, Any] = {
     # Notification channel kinds besides the built-in "slack" and "email": kind -> dotted path
     # of a Channel subclass, such as {"test": "orchestrator.notifications.testing.TestChannel"}.
     "CHANNEL_KINDS": {},
+    # Each run's own log (TaskRun.log): the lowest level of the log records kept (a level name
+    # or number), and how many bytes of it are kept, its last ones; 0 turns the run log off.
+    "RUN_LOG_LEVEL": "INFO",
+    "RUN_LOG_MAX_BYTES": 65536,
 }
 
 
@@ -197,6 +202,32 @@ class OrchestratorSettings:
     @property
     def CHANNEL_KINDS(self) -> dict[str, str]:
         return {str(kind): str(path) for kind, path in (self._get("CHANNEL_KINDS") or {}).items()}
+
+    @property
+    def RUN_LOG_LEVEL(self) -> int:
+        """The level as a number; INFO for a value that names no level (check E030 says so)."""
+        level = parse_log_level(self._get("RUN_LOG_LEVEL"))
+        return logging.INFO if level is None else level
+
+    @property
+    def RUN_LOG_MAX_BYTES(self) -> int:
+        """The limit in bytes; 0 (off) for a value that is no whole number (check E031)."""
+        value = self._get("RUN_LOG_MAX_BYTES")
+        if isinstance(value, bool) or not isinstance(value, int):
+            return 0
+        return max(value, 0)
+
+
+def parse_log_level(value: Any) -> int | None:
+    """A logging level from a name ("INFO", "warning") or a number; None if it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str):
+        level = logging.getLevelNamesMapping().get(value.strip().upper())
+        return level
+    return None
 
 
 conf = OrchestratorSettings()

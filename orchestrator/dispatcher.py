@@ -28,7 +28,7 @@ from django.db.models import F
 from django.dispatch import Signal
 from django.utils import timezone
 
-from orchestrator import callables, cron, history, signals
+from orchestrator import callables, cron, history, runlog, signals
 from orchestrator.conf import conf
 from orchestrator.models import ScheduledTask, TaskRun, TaskState
 from orchestrator.policies.retry import RetryPolicy, exception_names
@@ -114,7 +114,8 @@ def run_task(attempt: Attempt, *, now: Now = timezone.now) -> RunOutcome:
       ``task_skipped``. With ``overlap="skip"``, so is a run that arrives while another runs.
     * The allow-list refuses the import path (checked again now), the kwargs do not fit the
       function or the policy fields are invalid: a ``failed`` run saying why, ``task_failed``.
-    * Otherwise a ``running`` row is written, ``func(**kwargs)`` is called and the row updated:
+    * Otherwise a ``running`` row is written, ``func(**kwargs)`` is called (what it logs and
+      prints is kept in the row's ``log``, see :mod:`orchestrator.runlog`) and the row updated:
       ``succeeded`` (``task_succeeded``; ``task_recovered`` after a final failure), ``retried``
       (``task_retrying``, ``Action.RETRY``) or ``failed`` (``task_failed``; an exception rule
       may make it final at once, and ``pause_after_failures`` final failures in a row pause
@@ -158,11 +159,21 @@ def run_task(attempt: Attempt, *, now: Now = timezone.now) -> RunOutcome:
     run = record.start(policy)
     if run is None or run.status != TaskRun.Status.RUNNING:  # a duplicate, or not its turn
         return RunOutcome(Action.DROP if run is None else Action.DONE, run, task)
+    run_log = runlog.new_run_log(kwargs)
     try:
-        value = func(**kwargs)
+        with runlog.capture(run_log):
+            value = func(**kwargs)
     except Exception as exc:  # the function's failure is data for the run, not ours to raise
+        run.log = _stored_log(run_log, kwargs)
         return _failed(run, task, policy, exc, traceback.format_exc(), now, kwargs)
+    run.log = _stored_log(run_log, kwargs)
     return _succeeded(run, task, value, now, kwargs)
+
+
+def _stored_log(run_log: runlog.RunLog, kwargs: dict[str, Any]) -> str:
+    # Each line was masked as it arrived (Slack shapes, secret kwargs); the channel targets and
+    # the bot token orchestrator knows are masked here, as in the run's error (cached lookups).
+    return redact_run_text(run_log.text(), kwargs)
 
 
 # Compiled once per process: the SQL of this three-table select cost more than the query.
@@ -503,7 +514,8 @@ def _succeeded(
     run.status = TaskRun.Status.SUCCEEDED
     run.result = storable_result(value, kwargs)
     previous = previous_final_status(task)
-    if not _save_outcome(run, task, ["status", "finished_at", "duration", "result"]):
+    # The log rides in the same UPDATE: a successful attempt stays at three statements.
+    if not _save_outcome(run, task, ["status", "finished_at", "duration", "result", "log"]):
         return RunOutcome(Action.DONE, run, task)
     # DEBUG: Celery's worker already logs every success at INFO, with its run time.
     logger.debug("Task %r attempt %s succeeded", task.name, run.attempt)
@@ -537,7 +549,15 @@ def _failed(
     message = redact_run_text(error_message(exc, sys.maxsize), kwargs)
     run.error_message = truncate(message, conf.MAX_ERROR_CHARS)
     run.traceback = truncate(redact_run_text(trace, kwargs), conf.MAX_TRACEBACK_CHARS, keep="tail")
-    fields = ["status", "finished_at", "duration", "error_type", "error_message", "traceback"]
+    fields = [
+        "status",
+        "finished_at",
+        "duration",
+        "error_type",
+        "error_message",
+        "traceback",
+        "log",
+    ]
     decision = policy.decide(run.attempt, exception_names(type(exc)))
     if decision.retry:
         run.status = TaskRun.Status.RETRIED

@@ -574,6 +574,14 @@ class TaskRun(models.Model):
         help_text="Why the run ended as it did when its status and error do not say: not "
         "retried by an exception rule, skipped, cancelled.",
     )
+    log = models.TextField(
+        "log",
+        blank=True,
+        default="",
+        editable=False,
+        help_text="What the function logged and printed during this attempt: its last "
+        'ORCHESTRATOR["RUN_LOG_MAX_BYTES"] bytes, secrets masked.',
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]

@@ -20,6 +20,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("tasks/<int:pk>/disable/", views.disable, name="task-disable"),
     path("tasks/<int:pk>/pause/", views.pause, name="task-pause"),
     path("tasks/<int:pk>/resume/", views.resume, name="task-resume"),
+    path("runs/<int:pk>/", views.run_detail, name="run-detail"),
     path("runs/<int:pk>/cancel/", views.cancel_run, name="run-cancel"),
 ]
 

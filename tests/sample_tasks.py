@@ -80,3 +80,37 @@ def record_and_wait(log_file: str, label: str, seconds: float = 5.0) -> str:
 def leaks_secrets(message: str, api_token: str = "", password: str = "") -> None:
     """Fail with an error that quotes every secret it was given, as a careless task would."""
     raise RuntimeError(f"{message} (api_token={api_token}, password={password})")
+
+
+def chatty(label: str = "job", lines: int = 3, fail: bool = False, token: str = "") -> int:
+    """Log and print ``lines`` numbered lines each (the run log's tests read them back)."""
+    import logging
+
+    logger = logging.getLogger("tests.sample_tasks.chatty")
+    for number in range(lines):
+        logger.info("%s logged line %d", label, number)
+        print(f"{label} printed line {number}")
+    logger.debug("%s debug line", label)
+    if token:
+        logging.getLogger("tests.billing").warning("calling the API with token %s", token)
+    if fail:
+        raise RuntimeError(f"{label} failed after {lines} lines")
+    return lines
+
+
+def chatty_in_step(label: str, barrier_file: str, lines: int = 20) -> int:
+    """Log and print, waiting for ``barrier_file`` to exist after the first line, so that two
+    runs in one worker interleave (the run log's integration test)."""
+    import logging
+
+    logger = logging.getLogger("tests.sample_tasks.step")
+    logger.info("%s started", label)
+    deadline = time.monotonic() + 20
+    Path(barrier_file + "." + label).write_text("ready")
+    while not Path(barrier_file).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for number in range(lines):
+        logger.info("%s line %d", label, number)
+        print(f"{label} printed {number}")
+        time.sleep(0.01)
+    return lines

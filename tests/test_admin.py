@@ -778,3 +778,25 @@ def test_other_import_errors_from_the_notifications_package_surface():
         pytest.raises(ModuleNotFoundError),
     ):
         orchestrator_admin._notifications_admin_exists()
+
+
+def test_a_run_s_log_is_shown_read_only_escaped_and_monospace(admin_client):
+    task = make_scheduled_task("billing")
+    run = make_run(task, status="failed", log="INFO job: <script>alert(1)</script> & done\n")
+
+    response = admin_client.get(reverse("admin:orchestrator_taskrun_change", args=[run.pk]))
+    page = response.content.decode()
+    assert '<pre class="orchestrator-run-log"' in page
+    assert "INFO job: &lt;script&gt;alert(1)&lt;/script&gt; &amp; done" in page
+    assert "<script>alert(1)</script>" not in page
+    assert 'name="log"' not in page  # read-only: no input
+
+
+def test_the_run_list_does_not_read_the_logs(admin_client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_run(make_scheduled_task("billing"), status="succeeded", log="x" * 1000)
+    with CaptureQueriesContext(connection) as queries:
+        assert admin_client.get(RUNS_URL).status_code == 200
+    assert not any('"log"' in query["sql"] for query in queries.captured_queries)

@@ -675,3 +675,17 @@ def test_the_history_lists_an_admin_edit_with_its_user_source_and_fields(
     )
     assert latest["changes"]["max_retries"] == ["3", "9"]
     assert set(latest) == {"changed_at", "changed_by", "source", "action", "changes"}
+
+
+def test_a_run_s_own_endpoint_returns_its_log_and_a_page_of_runs_does_not(
+    task: ScheduledTask, admin_api: APIClient
+) -> None:
+    run = make_run(task, status="succeeded", log="INFO job: 12 invoices sent\n")
+
+    detail = admin_api.get(url("api-run-detail", run.pk)).json()
+    assert detail["log"] == "INFO job: 12 invoices sent\n"
+    with CaptureQueriesContext(connection) as queries:
+        listed = admin_api.get(url("api-run-list")).json()["results"]
+    assert [item["id"] for item in listed] == [run.pk]
+    assert "log" not in listed[0]
+    assert not any('"log"' in query["sql"] for query in queries.captured_queries)

@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 from django.core.checks import Error, Warning
 
@@ -301,3 +303,33 @@ def test_retention_checks_pass_for_consistent_settings(settings, runs, deliverie
         "DELIVERY_RETENTION_DAYS": deliveries,
     }
     assert checks.check_retention() == []
+
+
+@pytest.mark.parametrize("level", ["INFO", "warning", 10, logging.ERROR])
+def test_run_log_checks_accept_level_names_and_numbers(settings, level):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "RUN_LOG_LEVEL": level}
+    assert checks.check_run_log() == []
+
+
+def test_e030_run_log_level_that_names_no_level(settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "RUN_LOG_LEVEL": "LOUD"}
+    messages = checks.check_run_log()
+    assert ids(messages) == ["orchestrator.E030"]
+    assert "'LOUD'" in messages[0].msg and "INFO" in messages[0].hint
+
+
+@pytest.mark.parametrize("size", ["64k", -1, 1.5, True])
+def test_e031_run_log_max_bytes_not_a_whole_number(settings, size):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "RUN_LOG_MAX_BYTES": size}
+    messages = checks.check_run_log()
+    assert ids(messages) == ["orchestrator.E031"]
+    assert "RUN_LOG_MAX_BYTES" in messages[0].msg
+
+
+def test_w030_run_log_max_bytes_above_one_mebibyte(settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "RUN_LOG_MAX_BYTES": 4 * 1024 * 1024}
+    messages = checks.check_run_log()
+    assert ids(messages) == ["orchestrator.W030"]
+    assert isinstance(messages[0], Warning)
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "RUN_LOG_MAX_BYTES": 1024 * 1024}
+    assert checks.check_run_log() == []

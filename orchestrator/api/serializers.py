@@ -171,6 +171,15 @@ class TaskRunSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class TaskRunDetailSerializer(TaskRunSerializer):
+    """One run with its log (what the function logged and printed): only the run's own
+    endpoint returns it, so a page of runs stays small."""
+
+    class Meta(TaskRunSerializer.Meta):
+        fields = [*TaskRunSerializer.Meta.fields, "log"]
+        read_only_fields = fields
+
+
 class NotificationChannelSerializer(FullCleanModelSerializer):
     """A channel whose ``target`` is write-only in clear and read back masked.
 

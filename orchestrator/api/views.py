@@ -41,6 +41,7 @@ from orchestrator.api.serializers import (
     RunRequestSerializer,
     ScheduledTaskSerializer,
     TaskDefinitionSerializer,
+    TaskRunDetailSerializer,
     TaskRunSerializer,
     as_drf_error,
 )
@@ -296,10 +297,17 @@ class TaskRunViewSet(OrchestratorViewSet, viewsets.ReadOnlyModelViewSet):
             raise Conflict(f"Run {run.pk} has already finished ({run.get_status_display()}).")
         return Response(TaskRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
+    def get_serializer_class(self) -> type[TaskRunSerializer]:
+        if self.action == "retrieve":
+            return TaskRunDetailSerializer
+        return TaskRunSerializer
+
     def get_queryset(self) -> QuerySet[TaskRun]:
         runs = super().get_queryset()
         if self.action != "list":
             return runs
+        # The log is for the run's own endpoint: a page of runs does not read it.
+        runs = runs.defer("log")
         params = self.request.query_params
         if params.get("scheduled_task"):
             try:

@@ -200,6 +200,7 @@ def _task_page(
     runs = (
         TaskRun.objects.filter(scheduled_task=task)
         .select_related("triggered_by")
+        .defer("log")  # shown on each run's own page
         .order_by("-started_at", "-id")
     )
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
@@ -261,6 +262,35 @@ def _task_page(
         "now": now,
     }
     return render(request, "orchestrator/task_detail.html", context, status=status)
+
+
+@require_safe
+@staff_member_required
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One run: its facts, its outcome (result or error and traceback) and its log."""
+    _require(can_view(request.user))
+    run = get_object_or_404(
+        TaskRun.objects.select_related(
+            "scheduled_task", "scheduled_task__task_definition", "triggered_by", "cancelled_by"
+        ),
+        pk=pk,
+    )
+    context = {
+        "run": run,
+        "task": run.scheduled_task,
+        "duration": format_duration(None if run.duration is None else run.duration.total_seconds()),
+        "result_json": None
+        if run.result is None
+        else truncate(json.dumps(run.result, indent=2, ensure_ascii=False, default=str), 20000),
+        "kwargs_json": None
+        if run.kwargs_override is None
+        else truncate(json.dumps(run.kwargs_override, sort_keys=True), KWARGS_SHOWN),
+        "can_run": request.user.has_perm(RUN_PERM),
+        "admin_run_url": _admin_url("orchestrator_taskrun_change", run.pk),
+        "log_level": logging.getLevelName(conf.RUN_LOG_LEVEL),
+        "here": reverse("orchestrator:run-detail", args=[run.pk]),
+    }
+    return render(request, "orchestrator/run_detail.html", context)
 
 
 @require_POST

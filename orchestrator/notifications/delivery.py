@@ -23,6 +23,7 @@ from tenacity import (
     stop_before_delay,
 )
 
+from orchestrator import runlog
 from orchestrator.conf import conf
 from orchestrator.models import (
     AlertState,
@@ -111,6 +112,7 @@ def alert_from_run(event: str, run: TaskRun) -> Alert:
         run_id=run.pk,
         run_url=run_url(run.pk) if run.pk else "",
         note=truncate(redact_run_text(run.note or "", kwargs), limit),
+        log_tail=runlog.tail(run.log) if event in (Event.FAILURE, Event.RETRY) else "",
     )
 
 

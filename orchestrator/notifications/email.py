@@ -60,6 +60,7 @@ def alert_context(alert: Alert) -> dict[str, Any]:
         "error_message": alert.error_message,
         "suppressed_note": messages.suppressed_note(alert),
         "run_url": alert.run_url,
+        "log_tail": alert.log_tail,
     }
 
 

@@ -81,6 +81,8 @@ class Alert:
     suppressed_count: int = 0
     consecutive_failures: int = 0
     note: str = ""  # why: "not retried: ValueError matches never_retry_on", a pause's reason
+    # The last lines of the run's log (failures and retries): what the job said before it failed.
+    log_tail: str = ""
 
     def with_counts(self, suppressed_count: int, consecutive_failures: int = 0) -> Alert:
         return replace(

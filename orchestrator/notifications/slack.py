@@ -150,6 +150,19 @@ def _section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": truncate(text, SECTION_CHARS)}}
 
 
+LOG_TITLE = "*Last lines of the log*\n"
+
+
+def _log_section(log_tail: str) -> dict[str, Any]:
+    """The tail of the run's log in a code block; escaping may lengthen it, so the block keeps
+    the end of it that fits the section."""
+    room = SECTION_CHARS - len(LOG_TITLE) - 6  # the two fences
+    body = escape(log_tail).replace("`", "'")
+    if len(body) > room:
+        body = "…" + body[-(room - 1) :]
+    return _section(f"{LOG_TITLE}```{body}```")
+
+
 def _button(text: str, url: str) -> dict[str, Any]:
     return {
         "type": "actions",
@@ -179,6 +192,8 @@ def alert_blocks(alert: Alert) -> list[dict[str, Any]]:
         if alert.error_message:
             text += "\n" + _code(alert.error_message)
         blocks.append(_section(text))
+    if alert.log_tail:
+        blocks.append(_log_section(alert.log_tail))
     if note := messages.suppressed_note(alert):
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": note}]})
     if alert.run_url:

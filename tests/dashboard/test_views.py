@@ -601,3 +601,43 @@ def test_the_overview_shows_the_scheduler_and_turns_red_when_it_is_stale(
     )
     page = admin_client_.get(DASHBOARD).content.decode()
     assert 'class="scheduler-state stale"' in page and "Scheduler down" in page
+
+
+def test_a_run_s_page_shows_its_log_escaped(task: ScheduledTask, admin_client_: Client) -> None:
+    run = make_run(
+        task,
+        status="failed",
+        error_type="ValueError",
+        error_message="bad <input>",
+        traceback="Traceback (most recent call last):\nValueError: bad <input>",
+        log="INFO job: <b>reading</b> 3 files\nWARNING job: file 2 is empty\n",
+    )
+    page = admin_client_.get(reverse("orchestrator:run-detail", args=[run.pk])).content.decode()
+    assert '<pre class="run-text run-log">INFO job: &lt;b&gt;reading&lt;/b&gt; 3 files\n' in page
+    assert "WARNING job: file 2 is empty" in page
+    assert "bad &lt;input&gt;" in page and "<b>reading</b>" not in page
+
+    # The task page links each run to its page and does not read the logs itself.
+    task_page = admin_client_.get(reverse("orchestrator:task-detail", args=[task.pk]))
+    assert reverse("orchestrator:run-detail", args=[run.pk]) in task_page.content.decode()
+    assert "reading" not in task_page.content.decode()
+
+
+def test_a_run_without_a_log_says_so(task: ScheduledTask, admin_client_: Client) -> None:
+    run = make_run(task, status="running")
+    page = admin_client_.get(reverse("orchestrator:run-detail", args=[run.pk])).content.decode()
+    assert "Nothing was logged or printed yet" in page
+
+
+def test_a_run_s_page_needs_the_view_permission(task: ScheduledTask) -> None:
+    run = make_run(task, status="succeeded", log="secret-ish output\n")
+    page = reverse("orchestrator:run-detail", args=[run.pk])
+    assert client_for(make_user("nobody")).get(page).status_code == 403
+    assert client_for(None).get(page).status_code == 302
+    assert client_for(make_user("viewer", *VIEW)).get(page).status_code == 200
+    assert (
+        client_for(make_user("viewer2", *VIEW))
+        .get(reverse("orchestrator:run-detail", args=[run.pk + 1000]))
+        .status_code
+        == 404
+    )

@@ -83,8 +83,9 @@ def start_worker(
 
     ``loglevel="DEBUG"`` is for tests that read what the worker logs; the root level itself comes
     from the Django settings, since the worker does not hijack the root logger. ``include`` names
-    extra modules the worker imports at start (hooks of the fault tests); keyword arguments in
-    capitals are environment variables of the worker (``CELERY_BROKER_URL`` among them).
+    extra modules the worker imports at start (hooks of the fault tests); ``pool="threads"`` runs
+    the tasks in threads of one process; keyword arguments in capitals are environment variables
+    of the worker (``CELERY_BROKER_URL`` among them).
     """
     started: list[CeleryProcess] = []
 
@@ -94,6 +95,7 @@ def start_worker(
         purge: bool = True,
         loglevel: str = "INFO",
         include: list[str] | None = None,
+        pool: str = "prefork",
         **env: str,
     ) -> CeleryProcess:
         queues = queues or ["celery"]
@@ -102,7 +104,7 @@ def start_worker(
         name = f"w{uuid.uuid4().hex[:8]}@%h"
         log_path = log_path_for(request, "worker", len(started))
         worker = CeleryProcess(
-            worker_args(name, queues, concurrency, loglevel, include),
+            worker_args(name, queues, concurrency, loglevel, include, pool),
             subprocess_env(real_database, broker_url, **env),
             log_path,
         )

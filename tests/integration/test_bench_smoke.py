@@ -17,7 +17,7 @@ from tests.integration.conftest import ROOT, _unavailable
 
 pytestmark = pytest.mark.integration
 
-BENCHMARKS = ("beat_sync", "dispatch", "alert_storm", "scheduler", "retention")
+BENCHMARKS = ("beat_sync", "dispatch", "alert_storm", "scheduler", "retention", "scale")
 
 
 def bench_database_url() -> str:

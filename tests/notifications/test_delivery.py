@@ -417,3 +417,17 @@ def test_an_alert_from_a_run_carries_no_kwargs_and_a_truncated_error():
     assert alert.run_url == f"http://testserver/admin/orchestrator/taskrun/{run.pk}/change/"
     assert "hunter2" not in str(alert.to_dict())
     assert service.alert_from_run("failure", run).next_retry_at is None
+
+
+@pytest.mark.django_db
+def test_a_failure_alert_carries_the_last_lines_of_the_run_log():
+    task = make_scheduled_task("billing", "tests.sample_tasks.echo")
+    log = "".join(f"2026-01-01 00:00:{n:02d} INFO billing: step {n}\n" for n in range(30))
+    run = make_run(task, status="failed", error_type="ValueError", log=log)
+
+    alert = service.alert_from_run("failure", run)
+    assert alert.log_tail.splitlines() == [line for line in log.splitlines()[-20:]]
+    assert service.alert_from_run("retry", run).log_tail == alert.log_tail
+    assert "log_tail" in alert.to_dict()  # it travels in the delivery message
+    # A recovery is a success: its log is on the run's page, not in the alert.
+    assert service.alert_from_run("recovery", run).log_tail == ""

@@ -215,3 +215,12 @@ def test_a_refused_recipient_is_permanent(settings, smtp_server):
         EmailChannel("gone@example.com").notify(failure_alert())
     assert info.value.permanent
     assert "gone@example.com" in str(info.value)
+
+
+def test_a_failure_email_quotes_the_last_lines_of_the_log_escaped_in_html():
+    tail = "INFO job: <b>step</b> 1\nERROR job: gave up"
+    parts = EmailChannel("ops@example.com").payload(failure_alert(log_tail=tail))
+    assert "Last lines of the log:\nINFO job: <b>step</b> 1\nERROR job: gave up\n" in parts.text
+    assert "INFO job: &lt;b&gt;step&lt;/b&gt; 1\nERROR job: gave up</pre>" in parts.html
+    without = EmailChannel("ops@example.com").payload(failure_alert())
+    assert "Last lines of the log" not in without.text + without.html

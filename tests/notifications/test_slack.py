@@ -394,3 +394,29 @@ def test_test_alert_payload(fake_slack):
             },
         },
     ]
+
+
+def test_a_failure_with_a_log_shows_its_last_lines_in_a_code_block():
+    tail = "INFO billing: fetching <invoices> & `totals`\nERROR billing: gave up"
+    blocks = SlackChannel(WEBHOOK).payload(failure_alert(log_tail=tail))["blocks"]
+    log_blocks = [b for b in blocks if "Last lines of the log" in b.get("text", {}).get("text", "")]
+    assert log_blocks == [
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": "*Last lines of the log*\n```INFO billing: fetching &lt;invoices&gt; "
+                "&amp; 'totals'\nERROR billing: gave up```",
+            },
+        }
+    ]
+    # The plain-text fallback (notifications, screen readers) stays short.
+    assert "gave up" not in SlackChannel(WEBHOOK).payload(failure_alert(log_tail=tail))["text"]
+
+
+def test_a_log_tail_that_escaping_lengthens_still_fits_its_section():
+    blocks = SlackChannel(WEBHOOK).payload(failure_alert(log_tail="<&>" * 500 + "end"))["blocks"]
+    text = next(
+        b["text"]["text"] for b in blocks if "Last lines" in b.get("text", {}).get("text", "")
+    )
+    assert len(text) <= 3000 and text.endswith("end```")

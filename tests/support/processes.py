@@ -46,15 +46,17 @@ def worker_args(
     concurrency: int,
     loglevel: str = "INFO",
     include: list[str] | None = None,
+    pool: str = "prefork",
 ) -> list[str]:
-    """``celery worker`` arguments: a prefork pool, none of the cluster chatter tests don't need."""
+    """``celery worker`` arguments: a prefork pool unless ``pool`` says otherwise, none of the
+    cluster chatter tests don't need."""
     return [
         "worker",
         f"--loglevel={loglevel}",
         f"--hostname={hostname}",
         f"--queues={','.join(queues)}",
         f"--concurrency={concurrency}",
-        "--pool=prefork",
+        f"--pool={pool}",
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",
