@@ -1,0 +1,1 @@
+"""Prometheus metrics, read from the database at each scrape (see docs/metrics.md)."""
