@@ -25,6 +25,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin import widgets as admin_widgets
 from django.contrib.admin.options import InlineModelAdmin
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
@@ -35,7 +36,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.timesince import timeuntil
 
-from orchestrator import beat_sync, history, operations
+from orchestrator import beat_sync, history, operations, rollups
 from orchestrator.forms import ExceptionNamesField, KwargsFormField, PauseForm
 from orchestrator.humanize import format_duration, retry_schedule
 from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun
@@ -762,8 +763,17 @@ class TaskRunAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    # Deleting runs (orchestrator.delete_taskrun) takes them out of the per-task aggregates in
+    # the same transaction, so the pages and /metrics stay exact.
+    def delete_model(self, request: HttpRequest, obj: TaskRun) -> None:
+        with transaction.atomic():
+            rollups.forget_runs([obj.pk])
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
+        with transaction.atomic():
+            rollups.forget_runs(queryset)
+            super().delete_queryset(request, queryset)
 
     def has_run_permission(self, request: HttpRequest) -> bool:
         """Cancelling needs ``orchestrator.run_scheduledtask``, like running."""
