@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     # Notification channel kinds besides the built-in "slack" and "email": kind -> dotted path
     # of a Channel subclass, such as {"test": "orchestrator.notifications.testing.TestChannel"}.
     "CHANNEL_KINDS": {},
+    # Bearer token that lets Prometheus read <dashboard>/metrics without a user session
+    # ("Authorization: Bearer <token>"); empty: only staff users with view_taskrun may.
+    "METRICS_TOKEN": "",
 }
 
 
@@ -166,10 +169,15 @@ class OrchestratorSettings:
     def BROKER_TRANSPORT(self) -> str | None:
         return self._get("BROKER_TRANSPORT") or None
 
-
     @property
     def CHANNEL_KINDS(self) -> dict[str, str]:
         return {str(kind): str(path) for kind, path in (self._get("CHANNEL_KINDS") or {}).items()}
+
+
+    @property
+    def METRICS_TOKEN(self) -> str:
+        value = self._get("METRICS_TOKEN")
+        return value if isinstance(value, str) else ""
 
 
 conf = OrchestratorSettings()

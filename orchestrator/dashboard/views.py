@@ -11,6 +11,7 @@ change history as the user's, from the dashboard.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from typing import Any
@@ -28,7 +29,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST, require_safe
 
-from orchestrator import charts, history, operations, watchdog
+from orchestrator import charts, history, metrics, operations, watchdog
 from orchestrator.conf import conf
 from orchestrator.dashboard import stats
 from orchestrator.forms import PauseForm, RunWithArgumentsForm
@@ -374,3 +375,43 @@ def cancel_run(request: HttpRequest, pk: int) -> HttpResponseRedirect:
     else:
         messages.warning(request, f"Run {run.pk} had already finished; nothing was cancelled.")
     return _back(request, fallback)
+
+
+METRICS_PERM = "orchestrator.view_taskrun"
+
+
+def metrics_access(request: HttpRequest) -> int:
+    """200 if ``request`` may read the metrics, else the status to answer: 401 without
+    credentials, 403 with wrong ones.
+
+    A bearer token is compared with ``ORCHESTRATOR["METRICS_TOKEN"]`` in constant time (no
+    token configured: no token is right); otherwise a staff user holding
+    ``orchestrator.view_taskrun`` may read them.
+    """
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, given = header.partition(" ")
+        expected = conf.METRICS_TOKEN
+        if scheme.lower() != "bearer" or not expected:
+            return 403
+        matches = hmac.compare_digest(given.strip().encode(), expected.encode())
+        return 200 if matches else 403
+    user = request.user
+    if not user.is_authenticated:
+        return 401
+    return 200 if user.is_staff and user.has_perm(METRICS_PERM) else 403
+
+
+@require_safe
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The Prometheus metrics (text format), read from the database on each scrape."""
+    status = metrics_access(request)
+    if status == 401:
+        response = HttpResponse("Authentication required.\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="orchestrator metrics"'
+        return response
+    if status == 403:
+        return HttpResponse("Forbidden.\n", status=403, content_type="text/plain")
+    response = HttpResponse(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
+    response["Cache-Control"] = "no-store"
+    return response
