@@ -532,6 +532,37 @@ def rebuild_with(
             return max(cursor.rowcount, 0)
 
 
+# --- the size of the history -------------------------------------------------------------------
+
+
+def estimated_rows(model: type[Model], *, using: str | None = None) -> int | None:
+    """The database's own estimate of how many rows ``model``'s table holds, without counting
+    them: PostgreSQL's planner statistics (``pg_class.reltuples``), MariaDB's and MySQL's
+    ``information_schema.TABLES``. None where there is none (SQLite, or a table never analysed).
+    """
+    alias = using or router.db_for_read(model)
+    connection = connections[alias]
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)",
+                [connection.ops.quote_name(table)],
+            )
+        elif connection.vendor == "mysql":
+            cursor.execute(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+                [table],
+            )
+        else:
+            return None
+        row = cursor.fetchone()
+    if row is None or row[0] is None or int(row[0]) < 0:
+        return None
+    return int(row[0])
+
+
 # --- alerts -------------------------------------------------------------------------------------
 
 ALERT_RESULTS = {

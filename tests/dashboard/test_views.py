@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from orchestrator import rollups
 from orchestrator.models import ScheduledTask, TaskRun
 from tests.utils import make_channel, make_definition, make_run, make_scheduled_task
 from tests.utils import make_staff_user as make_user
@@ -423,6 +424,7 @@ def add_history(task: ScheduledTask, count: int) -> None:
         ),
         batch_size=2000,
     )
+    rollups.rebuild([task.pk])  # bulk SQL writes around the aggregates
 
 
 def count_queries(client: Client, url: str) -> int:
@@ -456,7 +458,8 @@ def test_query_counts_stay_flat_with_10000_runs_and_more_tasks() -> None:
     overview_many = count_queries(client, DASHBOARD)
 
     assert overview_one == overview_many
-    assert overview_many <= 12, overview_many
+    # 13: the recent failures are one index walk per failure status (lost, failed).
+    assert overview_many <= 13, overview_many
     assert detail == detail_last_page
     assert detail <= 12, detail
     print(f"queries: overview {overview_many}, detail {detail}")  # shown with -s
