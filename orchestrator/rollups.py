@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from django.db import connections, router, transaction
 from django.db.models import (
@@ -135,9 +135,7 @@ def record(runs: TaskRun | Iterable[TaskRun], *, using: str | None = None) -> No
     _apply([delta_of(run) for run in rows if run.status in COUNTED_STATUSES], using=using)
 
 
-def update_and_record(
-    queryset: QuerySet[TaskRun], values: dict[str, Any], run: TaskRun
-) -> int:
+def update_and_record(queryset: QuerySet[TaskRun], values: dict[str, Any], run: TaskRun) -> int:
     """UPDATE ``queryset`` (one run, with the condition it must still meet) with ``values``,
     which give ``run`` its final status, and count ``run`` if it was written; return the rows
     updated (0 or 1).
@@ -154,7 +152,7 @@ def update_and_record(
             if written:
                 record(run, using=alias)
             return written
-    update = queryset.query.chain(UpdateQuery)
+    update = cast(UpdateQuery, queryset.query.chain(UpdateQuery))
     update.add_update_values(values)
     update_sql, update_params = update.get_compiler(alias).as_sql()
     delta = delta_of(run)
@@ -178,7 +176,7 @@ def update_and_record(
     with connection.cursor() as cursor:
         cursor.execute(sql, [*update_params, *upsert_params])
         # One rollup row inserted or updated per run row written.
-        return max(cursor.rowcount, 0)
+        return max(int(cursor.rowcount), 0)
 
 
 def move(run: TaskRun, old_status: str, *, using: str | None = None) -> None:
@@ -322,7 +320,9 @@ class _Microseconds(Func):
 
     output_field = BigIntegerField()
 
-    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
+    def as_sql(  # type: ignore[override]
+        self, compiler: Any, connection: Any, **extra: Any
+    ) -> tuple[str, list[Any]]:
         sql, params = compiler.compile(self.source_expressions[0])
         return sql, list(params)
 
@@ -373,7 +373,7 @@ def forget_runs(runs: QuerySet[TaskRun] | Iterable[int], *, using: str | None = 
     if not ids:
         return 0
     aggregates = _aggregates()
-    grouped = list(
+    query: Any = (
         TaskRun.objects.using(alias)
         .filter(pk__in=ids, status__in=COUNTED_STATUSES)
         .annotate(bucket=TruncHour("started_at", tzinfo=dt.UTC))
@@ -381,6 +381,7 @@ def forget_runs(runs: QuerySet[TaskRun] | Iterable[int], *, using: str | None = 
         .annotate(**aggregates)
         .order_by()
     )
+    grouped: list[dict[str, Any]] = list(query)
     if not grouped:
         return 0
     taken: list[dict[str, Any]] = []
@@ -529,7 +530,7 @@ def rebuild_with(
         old._raw_delete(alias)
         with connection.cursor() as cursor:
             cursor.execute(insert, params)
-            return max(cursor.rowcount, 0)
+            return max(int(cursor.rowcount), 0)
 
 
 # --- the size of the history -------------------------------------------------------------------

@@ -16,7 +16,13 @@ from django_celery_beat.models import PeriodicTask
 from freezegun import freeze_time
 
 from orchestrator import admin as orchestrator_admin
-from orchestrator.models import DeletedRunCount, ScheduledTask, TaskDefinition, TaskRun, TaskRunRollup
+from orchestrator.models import (
+    DeletedRunCount,
+    ScheduledTask,
+    TaskDefinition,
+    TaskRun,
+    TaskRunRollup,
+)
 from tests.utils import make_definition, make_run, make_scheduled_task, make_user
 
 pytestmark = pytest.mark.django_db

@@ -105,9 +105,7 @@ def test_counts_durations_last_success_and_lag_come_from_the_history(
     ok = make_scheduled_task("ok", "tests.sample_tasks.add", kwargs={"a": 1, "b": 2})
     flaky = make_scheduled_task("flaky", "tests.sample_tasks.always_fails", max_retries=1)
     make_scheduled_task("off", "tests.sample_tasks.noop", enabled=False)
-    make_scheduled_task(
-        "held", "tests.sample_tasks.noop", paused=True, pause_reason="maintenance"
-    )
+    make_scheduled_task("held", "tests.sample_tasks.noop", paused=True, pause_reason="maintenance")
     tick = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
     with freeze_time(tick + dt.timedelta(seconds=3)):
         run_task(Attempt(ok.pk, scheduled_for=tick, celery_task_id="a"))

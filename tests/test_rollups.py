@@ -113,7 +113,9 @@ def test_the_aggregates_match_the_history_after_everything_that_happens_to_runs(
         )
         run_task(Attempt(ok.pk, celery_task_id="again", redelivered=True))
         # Lost at its time limit (the worker's task_failure signal).
-        TaskRun.objects.create(scheduled_task=slow, status=TaskRun.Status.RUNNING, celery_task_id="k")
+        TaskRun.objects.create(
+            scheduled_task=slow, status=TaskRun.Status.RUNNING, celery_task_id="k"
+        )
         dispatcher.mark_lost("k", "killed at its time limit", error_type="TimeLimitExceeded")
         # Stuck, found by maintenance; a manual run queued too long; one whose message expired.
         stuck = TaskRun.objects.create(
@@ -126,8 +128,9 @@ def test_the_aggregates_match_the_history_after_everything_that_happens_to_runs(
         report = maintenance.run_maintenance()
         assert (report.runs_lost, report.queued_runs_lost) == (1, 1)
         # Cancels: a queued manual run, a running one, and a retry waiting (retried -> cancelled).
-        with mock.patch("orchestrator.dispatcher.enqueue"), django_capture_on_commit_callbacks(
-            execute=True
+        with (
+            mock.patch("orchestrator.dispatcher.enqueue"),
+            django_capture_on_commit_callbacks(execute=True),
         ):
             ok.run_now()
         queued = TaskRun.objects.get(status=TaskRun.Status.QUEUED)
@@ -271,7 +274,9 @@ def test_a_success_writes_the_aggregates_in_one_statement_on_postgresql() -> Non
     task = make_scheduled_task("ok", "tests.sample_tasks.add", kwargs={"a": 1, "b": 2})
     with CaptureQueriesContext(connection) as queries:
         run_task(Attempt(task.pk))
-    writes = [q["sql"] for q in queries.captured_queries if "orchestrator_taskrunrollup" in q["sql"]]
+    writes = [
+        q["sql"] for q in queries.captured_queries if "orchestrator_taskrunrollup" in q["sql"]
+    ]
     assert len(writes) == 1
     if connection.vendor == "postgresql":
         assert writes[0].startswith("WITH written AS (UPDATE")

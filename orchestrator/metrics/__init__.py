@@ -27,7 +27,6 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from orchestrator import cron, rollups
 from orchestrator.models import (
@@ -54,7 +53,7 @@ def _totals() -> Totals:
     sums = {name: Sum(name) for name in rollups.COUNTER_COLUMNS}
     totals: Totals = {}
     for model in (TaskRunRollup, DeletedRunCount):
-        rows = (
+        rows: Any = (
             model._default_manager.values("scheduled_task_id", "status")
             .annotate(**{f"sum_{k}": v for k, v in sums.items()}, latest=Max("last_started_at"))
             .order_by()
@@ -80,11 +79,13 @@ def _tasks() -> list[dict[str, Any]]:
         .exclude(status__in=(TaskRun.Status.MISSED, TaskRun.Status.QUEUED))
         .order_by("-started_at", "-id")
         .annotate(
-            lag=ExpressionWrapper(F("started_at") - F("scheduled_for"), output_field=DurationField())
+            lag=ExpressionWrapper(
+                F("started_at") - F("scheduled_for"), output_field=DurationField()
+            )
         )
         .values("lag")[:1]
     )
-    return list(
+    query: Any = (
         ScheduledTask.objects.annotate(
             last_lag=Subquery(last_scheduled, output_field=DurationField())
         )
@@ -101,6 +102,8 @@ def _tasks() -> list[dict[str, Any]]:
         )
         .order_by("name")
     )
+    tasks: list[dict[str, Any]] = list(query)
+    return tasks
 
 
 def period_seconds(expression: str, zone: str, at: dt.datetime) -> float | None:
@@ -174,7 +177,7 @@ class OrchestratorCollector(Collector):
         for task_id, name in names.items():
             missed.add_metric([name], missed_ticks[task_id])
             counters = timed[task_id]
-            buckets = [(floatToGoString(bound), counters[column]) for column, bound in DURATION_BUCKETS]
+            buckets = [(repr(float(bound)), counters[column]) for column, bound in DURATION_BUCKETS]
             buckets.append(("+Inf", counters["timed"]))
             durations.add_metric(
                 [name], buckets=buckets, sum_value=counters["duration_us"] / 1_000_000
@@ -183,9 +186,9 @@ class OrchestratorCollector(Collector):
         yield missed
         yield durations
 
-    def _tasks(self, tasks: list[dict[str, Any]], totals: Totals, at: dt.datetime) -> Iterator[
-        Metric
-    ]:
+    def _tasks(
+        self, tasks: list[dict[str, Any]], totals: Totals, at: dt.datetime
+    ) -> Iterator[Metric]:
         states = GaugeMetricFamily(
             "orchestrator_tasks",
             "Scheduled tasks by state: enabled, disabled (the task or its definition), paused.",
@@ -252,4 +255,10 @@ def exposition(now: Now = timezone.now) -> bytes:
     return generate_latest(registry)
 
 
-__all__ = ["CONTENT_TYPE", "QUERIES_PER_SCRAPE", "OrchestratorCollector", "exposition", "period_seconds"]
+__all__ = [
+    "CONTENT_TYPE",
+    "QUERIES_PER_SCRAPE",
+    "OrchestratorCollector",
+    "exposition",
+    "period_seconds",
+]
