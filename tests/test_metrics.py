@@ -130,6 +130,8 @@ def test_counts_durations_last_success_and_lag_come_from_the_history(
     assert ("orchestrator_last_success_timestamp_seconds", (("task", "flaky"),)) not in found
     assert found[("orchestrator_schedule_lag_seconds", (("task", "ok"),))] == 3.0
     assert found[("orchestrator_task_period_seconds", (("task", "ok"),))] == 60.0
+    for quiet in ("off", "held"):  # not expected to run: left out of the period
+        assert ("orchestrator_task_period_seconds", (("task", quiet),)) not in found
     assert found[("orchestrator_missed_runs_total", (("task", "ok"),))] == 0
     assert found[("orchestrator_tasks", (("state", "enabled"),))] == 2
     assert found[("orchestrator_tasks", (("state", "disabled"),))] == 1

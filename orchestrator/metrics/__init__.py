@@ -206,19 +206,21 @@ class OrchestratorCollector(Collector):
         )
         period = GaugeMetricFamily(
             "orchestrator_task_period_seconds",
-            "Seconds between the task's next two schedule ticks (for alert rules).",
+            "Seconds between the next two schedule ticks of an enabled, unpaused task.",
             labels=["task"],
         )
         counts = dict.fromkeys(("enabled", "disabled", "paused"), 0)
         for task in tasks:
-            counts[task_state(task, at)] += 1
+            state = task_state(task, at)
+            counts[state] += 1
             success = totals.get((task["pk"], TaskRun.Status.SUCCEEDED), {}).get("latest")
             if success is not None:
                 last_success.add_metric([task["name"]], success.timestamp())
             if task["last_lag"] is not None:
                 lag.add_metric([task["name"]], task["last_lag"].total_seconds())
+            # Only for tasks expected to run: alert rules on it then skip disabled and paused ones.
             seconds = period_seconds(task["cron"], task["timezone"], at)
-            if seconds is not None:
+            if seconds is not None and state == "enabled":
                 period.add_metric([task["name"]], seconds)
         for state, count in counts.items():
             states.add_metric([state], count)
