@@ -25,7 +25,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonRes
 from django.shortcuts import get_object_or_404, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST, require_safe
 
@@ -45,6 +45,9 @@ VIEW_PERMS = ("orchestrator.view_scheduledtask", "orchestrator.change_scheduledt
 RUN_PERM = "orchestrator.run_scheduledtask"
 CHANGE_PERM = "orchestrator.change_scheduledtask"
 RUNS_PER_PAGE = 50
+# The overview lists this many tasks a page: a page's cost (its rates, sparklines, schedules in
+# words) depends on it, not on how many tasks there are.
+TASKS_PER_PAGE = 50
 RETRY_DELAYS_SHOWN = 5
 HISTORY_SHOWN = 20
 # /health/ says "down" when the watchdog has not run for this many of its intervals.
@@ -132,7 +135,10 @@ def overview(request: HttpRequest) -> HttpResponse:
         enabled=_filter_value(request, "enabled"),
     )
     now = timezone.now()
-    tasks = list(stats.overview_tasks(filters))
+    page = Paginator(stats.overview_tasks(filters), TASKS_PER_PAGE).get_page(
+        request.GET.get("page")
+    )
+    tasks = list(page.object_list)
     ids = [task.pk for task in tasks]
     rates = stats.success_rates(ids, now=now)
     recent = stats.recent_runs(ids, now=now)
@@ -155,6 +161,15 @@ def overview(request: HttpRequest) -> HttpResponse:
     ]
     context = {
         "rows": rows,
+        "page": page,
+        # The filters, for the page links to keep them.
+        "filter_query": urlencode(
+            {
+                name: value
+                for name in ("category", "queue", "status", "enabled")
+                if (value := getattr(filters, name))
+            }
+        ),
         "filters": filters,
         "choices": stats.filter_choices(),
         "status_choices": [*TaskRun.Status.choices, (stats.NEVER_RUN, "Never run")],

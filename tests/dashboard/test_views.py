@@ -458,8 +458,9 @@ def test_query_counts_stay_flat_with_10000_runs_and_more_tasks() -> None:
     overview_many = count_queries(client, DASHBOARD)
 
     assert overview_one == overview_many
-    # 13: the recent failures are one index walk per failure status (lost, failed).
-    assert overview_many <= 13, overview_many
+    # 14: the recent failures are one index walk per failure status (lost, failed), and the
+    # tasks are counted for the overview's pages.
+    assert overview_many <= 14, overview_many
     assert detail == detail_last_page
     assert detail <= 12, detail
     print(f"queries: overview {overview_many}, detail {detail}")  # shown with -s
@@ -604,3 +605,21 @@ def test_the_overview_shows_the_scheduler_and_turns_red_when_it_is_stale(
     )
     page = admin_client_.get(DASHBOARD).content.decode()
     assert 'class="scheduler-state stale"' in page and "Scheduler down" in page
+
+
+def test_the_overview_lists_tasks_a_page_at_a_time_keeping_the_filters(
+    admin_client_: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.dashboard import views
+
+    monkeypatch.setattr(views, "TASKS_PER_PAGE", 2)
+    for n in range(5):
+        make_scheduled_task(f"t{n}", queue="slow")
+
+    first = admin_client_.get(DASHBOARD, {"queue": "slow"})
+    last = admin_client_.get(DASHBOARD, {"queue": "slow", "page": 3})
+
+    assert [row["task"].name for row in first.context["rows"]] == ["t0", "t1"]
+    assert [row["task"].name for row in last.context["rows"]] == ["t4"]
+    assert "page 1 of 3 (5 tasks)" in first.content.decode()
+    assert 'href="?queue=slow&amp;page=2"' in first.content.decode()
