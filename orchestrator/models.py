@@ -57,10 +57,10 @@ __all__ = [
     "AlertCount",
     "AlertState",
     "BeatProcess",
-    "DeletedRunCount",
     "Event",
     "NotificationChannel",
     "NotificationDelivery",
+    "RetiredRunCount",
     "ScheduledTask",
     "SchedulerLease",
     "TaskDefinition",
@@ -691,20 +691,22 @@ class TaskRunRollup(RunCounters):
         return f"{self.scheduled_task_id} {self.status} {self.hour:%Y-%m-%d %H:00}: {self.runs}"
 
 
-class DeletedRunCount(RunCounters):
-    """Per task and status: the counters of runs deleted from the history (pruned, or deleted
-    in the admin), so that the Prometheus counters never go down."""
+class RetiredRunCount(RunCounters):
+    """Per task and status: the counters of runs no longer counted under that status in
+    :class:`TaskRunRollup`: deleted from the history (pruned, or deleted in the admin), or moved
+    to another status (a waiting retry cancelled). Added to the aggregates, they make the
+    Prometheus counters, which must never go down."""
 
     scheduled_task = models.ForeignKey(
-        ScheduledTask, on_delete=models.CASCADE, related_name="deleted_run_counts"
+        ScheduledTask, on_delete=models.CASCADE, related_name="retired_run_counts"
     )
     status = models.CharField(max_length=20)
 
     class Meta:
-        verbose_name = "deleted run count"
+        verbose_name = "retired run count"
         constraints = [
             models.UniqueConstraint(
-                fields=["scheduled_task", "status"], name="orch_deleted_runs_task_status"
+                fields=["scheduled_task", "status"], name="orch_retired_runs_task_status"
             )
         ]
 

@@ -5,9 +5,10 @@ status (:data:`COUNTED_STATUSES`: everything but ``queued`` and ``running``), pe
 task, status and the UTC hour its ``started_at`` falls in. A run enters the aggregates in the
 transaction that gives it a final status (:func:`record`); the only change of a final status
 afterwards, an operator cancelling a failed attempt whose retry waits (``retried`` ->
-``cancelled``), moves it (:func:`move`); a missed row that the watchdog extends adds its new
+``cancelled``), moves it (:func:`move`, which keeps its old count in
+:class:`~orchestrator.models.RetiredRunCount`); a missed row that the watchdog extends adds its new
 ticks (:func:`add_ticks`). Runs about to be deleted are taken out by :func:`forget_runs`, which
-adds them to :class:`~orchestrator.models.DeletedRunCount`, so counters exported to
+adds them to :class:`~orchestrator.models.RetiredRunCount`, so counters exported to
 Prometheus never go down. :func:`rebuild` computes the aggregates again from the history.
 
 So at any time, for every task, status and hour, ``TaskRunRollup.runs`` equals
@@ -47,8 +48,8 @@ from django.db.models.sql import UpdateQuery
 from orchestrator.models import (
     DURATION_BUCKETS,
     AlertCount,
-    DeletedRunCount,
     NotificationDelivery,
+    RetiredRunCount,
     TaskRun,
     TaskRunRollup,
 )
@@ -180,11 +181,32 @@ def update_and_record(queryset: QuerySet[TaskRun], values: dict[str, Any], run: 
 
 
 def move(run: TaskRun, old_status: str, *, using: str | None = None) -> None:
-    """``run`` went from the final ``old_status`` to its current status: count it there."""
+    """``run`` went from the final ``old_status`` to its current status: count it there.
+
+    Its count under ``old_status`` goes to :class:`RetiredRunCount`, so the exported counter
+    of that status keeps it (a counter never goes down). Two statements.
+    """
+    alias = using or router.db_for_write(TaskRunRollup)
     deltas = [delta_of(run, -1, old_status)]
     if run.status in COUNTED_STATUSES:
         deltas.append(delta_of(run))
-    _apply(deltas, using=using)
+    _apply(deltas, using=alias)
+    retired = delta_of(run, 1, old_status)
+    upsert_add(
+        RetiredRunCount,
+        ("scheduled_task_id", "status"),
+        COUNTER_COLUMNS,
+        [
+            {
+                "scheduled_task_id": retired.scheduled_task_id,
+                "status": retired.status,
+                **{name: retired.counters.get(name, 0) for name in COUNTER_COLUMNS},
+                "last_started_at": retired.last_started_at,
+            }
+        ],
+        latest="last_started_at",
+        using=alias,
+    )
 
 
 def add_ticks(run: TaskRun, ticks: int, *, using: str | None = None) -> None:
@@ -364,7 +386,7 @@ def forget_runs(runs: QuerySet[TaskRun] | Iterable[int], *, using: str | None = 
 
     ``runs`` is a queryset or primary keys. Call it in the transaction that deletes them,
     before the DELETE: one grouped query reads what they contributed, one statement takes it
-    away, one adds it to :class:`DeletedRunCount` (so exported counters never go down), and
+    away, one adds it to :class:`RetiredRunCount` (so exported counters never go down), and
     the hours that lost their latest run get it back from the remaining runs. Retention
     pruning calls it per batch; the admin's delete action calls it too.
     """
@@ -419,7 +441,7 @@ def forget_runs(runs: QuerySet[TaskRun] | Iterable[int], *, using: str | None = 
             using=alias,
         )
         upsert_add(
-            DeletedRunCount,
+            RetiredRunCount,
             ("scheduled_task_id", "status"),
             COUNTER_COLUMNS,
             list(deleted.values()),
@@ -476,7 +498,7 @@ def rebuild(task_ids: Iterable[int] | None = None, *, using: str | None = None) 
     rebuild wait and are then added on top: the result is exact with workers running. On
     SQLite the transaction holds the only write lock. On MariaDB and MySQL run it when few runs
     end (a run ending during the rebuild may be counted twice or not at all).
-    Deleted-run counts are left as they are.
+    Retired-run counts (deleted runs, cancelled retries) are left as they are.
     """
     return rebuild_with(TaskRun, TaskRunRollup, task_ids, using=using)
 

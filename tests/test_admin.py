@@ -17,7 +17,7 @@ from freezegun import freeze_time
 
 from orchestrator import admin as orchestrator_admin
 from orchestrator.models import (
-    DeletedRunCount,
+    RetiredRunCount,
     ScheduledTask,
     TaskDefinition,
     TaskRun,
@@ -742,7 +742,7 @@ def test_deleting_a_run_takes_it_out_of_the_aggregates(admin_client, client):
 
     assert not TaskRun.objects.exists()
     assert not TaskRunRollup.objects.filter(runs__gt=0).exists()
-    assert DeletedRunCount.objects.get().runs == 1
+    assert RetiredRunCount.objects.get().runs == 1
     # Deleting (which forgets the runs in the aggregates) is offered to who may delete.
     actions = admin_client.get(RUNS_URL).context["action_form"].fields["action"].choices
     assert [name for name, _ in actions if name] == ["delete_selected", "cancel_runs"]

@@ -19,8 +19,8 @@ from orchestrator import dispatcher, maintenance, operations, rollups
 from orchestrator.dispatcher import Attempt, run_task
 from orchestrator.models import (
     AlertCount,
-    DeletedRunCount,
     NotificationDelivery,
+    RetiredRunCount,
     TaskRun,
     TaskRunRollup,
 )
@@ -169,7 +169,7 @@ def test_the_aggregates_match_the_history_after_everything_that_happens_to_runs(
     assert_exact()
     # What was deleted is kept aside for the metrics' counters.
     deleted = {
-        (row.scheduled_task_id, row.status): row.runs for row in DeletedRunCount.objects.all()
+        (row.scheduled_task_id, row.status): row.runs for row in RetiredRunCount.objects.all()
     }
     assert deleted[(ok.pk, TaskRun.Status.SUCCEEDED)] == 2
     assert deleted[(flaky.pk, TaskRun.Status.FAILED)] == 1
@@ -222,7 +222,7 @@ def test_forget_runs_of_nothing_counted_changes_nothing() -> None:
 
     assert rollups.forget_runs([running.pk]) == 0
     assert rollups.forget_runs([]) == 0
-    assert not DeletedRunCount.objects.exists()
+    assert not RetiredRunCount.objects.exists()
 
 
 def test_forget_runs_gives_the_hour_its_latest_remaining_start() -> None:
@@ -288,3 +288,15 @@ def test_an_admin_without_delete_permission_cannot_delete_runs(client: Any) -> N
     response = client.get(reverse("admin:orchestrator_taskrun_changelist"))
     assert response.status_code == 200
     assert b"delete_selected" not in response.content
+
+
+def test_a_cancelled_retry_keeps_its_retried_count_for_the_counters(revoke: Any) -> None:
+    task = make_scheduled_task("flaky", "tests.sample_tasks.always_fails", max_retries=2)
+    retried = run_task(Attempt(task.pk, celery_task_id="r")).run
+    assert retried is not None and retried.status == TaskRun.Status.RETRIED
+
+    assert operations.cancel(retried)
+
+    assert_exact()  # the aggregates follow the history: it is cancelled now
+    kept = RetiredRunCount.objects.get(scheduled_task=task, status=TaskRun.Status.RETRIED)
+    assert (kept.runs, kept.timed) == (1, 1)

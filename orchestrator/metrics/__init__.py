@@ -2,11 +2,11 @@
 
 :class:`OrchestratorCollector` is a ``prometheus_client`` collector that builds every family from
 the database when the registry is collected: the per-task aggregates
-(:mod:`orchestrator.rollups`), the counts of deleted runs and of alerts, the tasks and the
-scheduler's lease. Nothing is kept in a process's memory, so the numbers are the same whichever
-web process answers, however many workers on however many hosts ran the tasks. A scrape costs
-a fixed number of queries (:data:`QUERIES_PER_SCRAPE`) whatever the number of tasks or runs.
-:func:`exposition` renders the text format for the view.
+(:mod:`orchestrator.rollups`), the counts of retired runs (deleted, or a cancelled retry) and
+of alerts, the tasks and the scheduler's lease. Nothing is kept in a process's memory, so the
+numbers are the same whichever web process answers, however many workers on however many hosts
+ran the tasks. A scrape costs a fixed number of queries (:data:`QUERIES_PER_SCRAPE`) whatever
+the number of tasks or runs. :func:`exposition` renders the text format for the view.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from orchestrator import cron, rollups
 from orchestrator.models import (
     DURATION_BUCKETS,
     AlertCount,
-    DeletedRunCount,
+    RetiredRunCount,
     ScheduledTask,
     TaskRun,
     TaskRunRollup,
 )
 from orchestrator.scheduler.status import scheduler_status
 
-# The tasks (with their last lag), the aggregates, the deleted-run counts, the alert counts,
+# The tasks (with their last lag), the aggregates, the retired-run counts, the alert counts,
 # and the scheduler's lease and standbys.
 QUERIES_PER_SCRAPE = 6
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -49,10 +49,10 @@ Totals = dict[tuple[int, str], dict[str, Any]]
 
 
 def _totals() -> Totals:
-    """Per (task, status): the counters summed over every hour, plus the deleted runs'."""
+    """Per (task, status): the counters summed over every hour, plus the retired runs'."""
     sums = {name: Sum(name) for name in rollups.COUNTER_COLUMNS}
     totals: Totals = {}
-    for model in (TaskRunRollup, DeletedRunCount):
+    for model in (TaskRunRollup, RetiredRunCount):
         rows: Any = (
             model._default_manager.values("scheduled_task_id", "status")
             .annotate(**{f"sum_{k}": v for k, v in sums.items()}, latest=Max("last_started_at"))
