@@ -138,7 +138,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     page = Paginator(stats.overview_tasks(filters), TASKS_PER_PAGE).get_page(
         request.GET.get("page")
     )
-    tasks = list(page.object_list)
+    tasks: list[Any] = list(page.object_list)
     ids = [task.pk for task in tasks]
     rates = stats.success_rates(ids, now=now)
     recent = stats.recent_runs(ids, now=now)
