@@ -300,3 +300,20 @@ def test_a_cancelled_retry_keeps_its_retried_count_for_the_counters(revoke: Any)
     assert_exact()  # the aggregates follow the history: it is cancelled now
     kept = RetiredRunCount.objects.get(scheduled_task=task, status=TaskRun.Status.RETRIED)
     assert (kept.runs, kept.timed) == (1, 1)
+
+
+def test_estimated_rows_comes_from_the_databases_statistics() -> None:
+    task = make_scheduled_task("bulk", "tests.sample_tasks.noop")
+    TaskRun.objects.bulk_create(
+        TaskRun(scheduled_task=task, status=TaskRun.Status.SUCCEEDED) for _ in range(50)
+    )
+    if connection.vendor == "sqlite":
+        assert rollups.estimated_rows(TaskRun) is None  # SQLite keeps no such estimate
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"ANALYZE {'TABLE ' if connection.vendor == 'mysql' else ''}"
+            f"{connection.ops.quote_name(TaskRun._meta.db_table)}"
+        )
+    estimate = rollups.estimated_rows(TaskRun)
+    assert estimate is not None and estimate >= 0
