@@ -184,13 +184,21 @@ def move(run: TaskRun, old_status: str, *, using: str | None = None) -> None:
     """``run`` went from the final ``old_status`` to its current status: count it there.
 
     Its count under ``old_status`` goes to :class:`RetiredRunCount`, so the exported counter
-    of that status keeps it (a counter never goes down). Two statements.
+    of that status keeps it (a counter never goes down). A few statements: it is rare (an
+    operator cancelling a waiting retry).
     """
     alias = using or router.db_for_write(TaskRunRollup)
-    deltas = [delta_of(run, -1, old_status)]
+    taken = delta_of(run, -1, old_status)
+    deltas = [taken]
     if run.status in COUNTED_STATUSES:
         deltas.append(delta_of(run))
     _apply(deltas, using=alias)
+    # The hour it left may have had its latest start from it.
+    _refresh_latest(
+        [{"scheduled_task_id": taken.scheduled_task_id, "status": old_status, "hour": taken.hour}],
+        [run.pk],
+        alias,
+    )
     retired = delta_of(run, 1, old_status)
     upsert_add(
         RetiredRunCount,
