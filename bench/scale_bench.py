@@ -19,8 +19,6 @@ later reuses it (``--rebuild`` builds it again).
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-import importlib.util
 import statistics
 import sys
 import time
@@ -103,6 +101,7 @@ def ensure_dataset(tasks: int, runs: int, *, rebuild: bool) -> dict[str, Any]:
     """Build the history unless the database holds this one already; say which task to show."""
     from django.db import connection
 
+    from orchestrator import rollups
     from orchestrator.models import ScheduledTask
 
     with connection.cursor() as cursor:
@@ -128,15 +127,13 @@ def ensure_dataset(tasks: int, runs: int, *, rebuild: bool) -> dict[str, Any]:
         build(tasks, runs, now)
         origin = f"built in {time.perf_counter() - started:,.0f} s"
         aggregates_built = False
-    aggregates = "none (orchestrator.rollups is not there: the pages read the raw history)"
-    if rollups_module() is not None:
-        if aggregates_built:
-            aggregates = "orchestrator.rollups, built with the data"
-        else:
-            started = time.perf_counter()
-            rebuild_aggregates()
-            aggregates = f"orchestrator.rollups.rebuild() in {time.perf_counter() - started:,.1f} s"
-            aggregates_built = True
+    if aggregates_built:
+        aggregates = "orchestrator.rollups, built with the data"
+    else:
+        started = time.perf_counter()
+        rollups.rebuild()
+        aggregates = f"orchestrator.rollups.rebuild() in {time.perf_counter() - started:,.1f} s"
+        aggregates_built = True
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {MARKER_TABLE}")
         cursor.execute(
@@ -147,20 +144,6 @@ def ensure_dataset(tasks: int, runs: int, *, rebuild: bool) -> dict[str, Any]:
     first = ScheduledTask.objects.order_by("pk").values_list("pk", flat=True).first()
     assert first is not None
     return {"origin": origin, "aggregates": aggregates, "task_id": first + tasks // 2}
-
-
-def rollups_module() -> Any:
-    # The per-task aggregates are written on another branch. Until it is merged this benchmark
-    # measures the pages as they are and skips the rebuild; the integrator removes this guard
-    # (and imports orchestrator.rollups plainly) once both are on main.
-    if importlib.util.find_spec("orchestrator.rollups") is None:
-        return None
-    return importlib.import_module("orchestrator.rollups")
-
-
-def rebuild_aggregates() -> None:
-    """Recompute the per-task aggregates from the raw history just loaded."""
-    rollups_module().rebuild()
 
 
 def build(tasks: int, runs: int, now: dt.datetime) -> None:

@@ -97,6 +97,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
             )
     problems.extend(_channel_kind_problems())
     problems.extend(_outbound_problems())
+    problems.extend(_metrics_token_problems(user.get("METRICS_TOKEN", "")))
     if not conf.ALLOWED_TASK_MODULES:
         problems.append(
             Warning(
@@ -107,6 +108,33 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
             )
         )
     return problems
+
+
+# Shorter bearer tokens can be guessed; 32 random characters (secrets.token_urlsafe(24)) cannot.
+METRICS_TOKEN_MIN_LENGTH = 24
+
+
+def _metrics_token_problems(token: Any) -> list[Error | Warning]:
+    if not isinstance(token, str):
+        return [
+            Error(
+                f"ORCHESTRATOR['METRICS_TOKEN'] must be a string, not {type(token).__name__}.",
+                hint="Set it to a long random string, such as the output of "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))', or leave it empty.",
+                id="orchestrator.E025",
+            )
+        ]
+    if token and (len(token) < METRICS_TOKEN_MIN_LENGTH or token != token.strip()):
+        return [
+            Warning(
+                f"ORCHESTRATOR['METRICS_TOKEN'] is {len(token)} characters long or has spaces "
+                "around it: a short token can be guessed, and a padded one never matches.",
+                hint=f"Use at least {METRICS_TOKEN_MIN_LENGTH} random characters, such as "
+                "secrets.token_urlsafe(32), without surrounding spaces.",
+                id="orchestrator.W025",
+            )
+        ]
+    return []
 
 
 def _channel_kind_problems() -> list[Error]:

@@ -81,6 +81,9 @@ DEFAULTS: dict[str, Any] = {
     # or number), and how many bytes of it are kept, its last ones; 0 turns the run log off.
     "RUN_LOG_LEVEL": "INFO",
     "RUN_LOG_MAX_BYTES": 65536,
+    # Bearer token that lets Prometheus read <dashboard>/metrics without a user session
+    # ("Authorization: Bearer <token>"); empty: only staff users with view_taskrun may.
+    "METRICS_TOKEN": "",
 }
 
 
@@ -216,6 +219,11 @@ class OrchestratorSettings:
         if isinstance(value, bool) or not isinstance(value, int):
             return 0
         return max(value, 0)
+
+    @property
+    def METRICS_TOKEN(self) -> str:
+        value = self._get("METRICS_TOKEN")
+        return value if isinstance(value, str) else ""
 
 
 def parse_log_level(value: Any) -> int | None:

@@ -115,6 +115,9 @@ def validate(expression: str) -> CronFields:
     return fields
 
 
+# Cached: cron_descriptor loads its translation catalogue on every call, and the dashboard and the
+# admin describe every task they list.
+@lru_cache(maxsize=4096)
 def describe(expression: str) -> str:
     """The expression in words ("At 06:30 AM, Monday through Friday")."""
     from cron_descriptor import Options, get_description

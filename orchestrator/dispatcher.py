@@ -28,7 +28,7 @@ from django.db.models import F
 from django.dispatch import Signal
 from django.utils import timezone
 
-from orchestrator import callables, cron, history, runlog, signals
+from orchestrator import callables, cron, history, rollups, runlog, signals
 from orchestrator.conf import conf
 from orchestrator.models import ScheduledTask, TaskRun, TaskState
 from orchestrator.policies.retry import RetryPolicy, exception_names
@@ -121,8 +121,9 @@ def run_task(attempt: Attempt, *, now: Now = timezone.now) -> RunOutcome:
       may make it final at once, and ``pause_after_failures`` final failures in a row pause
       the task, ``task_paused``). A run cancelled while it ran keeps ``cancelled``.
 
-    A successful attempt costs three statements (load, insert, update); signals are sent after
-    the row is written.
+    A successful attempt costs three statements on PostgreSQL (load, insert, and the update
+    with the add to the per-task aggregates in one statement); four elsewhere, where the add is
+    its own statement in the update's transaction. Signals are sent after the row is written.
     """
     task = with_reconnect(
         lambda: load_scheduled_task(attempt.scheduled_task_id),
@@ -398,12 +399,17 @@ class _Record:
         assert run_id is not None  # only a run written as queued is claimed
         values = {key: value for key, value in self.base.items() if key != "scheduled_task"}
         values.update(fields)
-        claimed = with_reconnect(
-            lambda: TaskRun.objects.filter(pk=run_id, status=TaskRun.Status.QUEUED).update(
-                **values
-            ),
-            what=f"starting queued run {run_id} of {self.task.name!r}",
-        )
+        def claim() -> int:
+            queued = TaskRun.objects.filter(pk=run_id, status=TaskRun.Status.QUEUED)
+            if values["status"] not in rollups.COUNTED_STATUSES:
+                return queued.update(**values)
+            with transaction.atomic():  # a skipped or refused run is counted with its row
+                claimed = queued.update(**values)
+                if claimed:
+                    rollups.record(TaskRun(pk=run_id, scheduled_task=self.task, **values))
+                return claimed
+
+        claimed = with_reconnect(claim, what=f"starting queued run {run_id} of {self.task.name!r}")
         if claimed:
             return TaskRun(pk=run_id, scheduled_task=self.task, **values)
         current = TaskRun.objects.filter(pk=run_id).first()
@@ -469,6 +475,12 @@ class _Record:
                 ).first()
                 if committed is not None:
                     return committed
+            if fields["status"] in rollups.COUNTED_STATUSES:
+                # A run that ends as it is written (skipped, refused) is counted with its row.
+                with transaction.atomic():
+                    run = TaskRun.objects.create(**base, **fields)
+                    rollups.record(run)
+                    return run
             if base["tick_key"] is not None and connection.in_atomic_block:
                 # A caller's transaction survives the duplicate only through a savepoint.
                 # Workers run in autocommit, where a failed INSERT costs nothing more.
@@ -629,7 +641,8 @@ def _save_outcome(run: TaskRun, task: ScheduledTask, update_fields: list[str]) -
     """Write the outcome held in ``run``, with the task's state when it changes; False when the
     run was cancelled while it ran (its outcome is discarded, ``run`` says ``cancelled``).
 
-    The row and the state commit together (one transaction, one flush to disk). The UPDATE is
+    The row, its count in the aggregates (:mod:`orchestrator.rollups`) and the state commit
+    together (one transaction, one flush to disk). The UPDATE is
     conditional on the row still running, which is how a cancel wins. The function has run by
     now, so its outcome must not vanish with the connection: if the database stays unreachable,
     the ERROR line carries what the row would have said (never the result or the kwargs, which
@@ -642,9 +655,9 @@ def _save_outcome(run: TaskRun, task: ScheduledTask, update_fields: list[str]) -
 
     def write() -> int:
         if not changes_state:
-            return still_running.update(**values)
+            return rollups.update_and_record(still_running, values, run)
         with transaction.atomic():
-            written = still_running.update(**values)
+            written = rollups.update_and_record(still_running, values, run)
             if written:
                 TaskState.objects.record(run)
             return written
@@ -737,9 +750,12 @@ def set_lost(runs: list[TaskRun], message: str, error_type: str, finished: dt.da
         run.error_message = truncate(message, conf.MAX_ERROR_CHARS)
         run.tick_key = None
     if runs:
-        TaskRun.objects.bulk_update(
-            runs, ["status", "finished_at", "duration", "error_type", "error_message", "tick_key"]
-        )
+        with transaction.atomic():
+            TaskRun.objects.bulk_update(
+                runs,
+                ["status", "finished_at", "duration", "error_type", "error_message", "tick_key"],
+            )
+            rollups.record(runs)
 
 
 def mark_lost(
@@ -762,14 +778,28 @@ def mark_queued_expired(celery_task_id: str, now: Now = timezone.now) -> int:
     worker started it. Return how many rows changed (0 or 1)."""
     if not celery_task_id:
         return 0
-    return TaskRun.objects.filter(
-        celery_task_id=celery_task_id, status=TaskRun.Status.QUEUED
-    ).update(
-        status=TaskRun.Status.LOST,
-        finished_at=now(),
-        error_type="Expired",
-        error_message="Never started: the message expired before a worker took it.",
-    )
+    changed = 0
+    for run in TaskRun.objects.filter(celery_task_id=celery_task_id, status=TaskRun.Status.QUEUED):
+        fields = {
+            "status": TaskRun.Status.LOST,
+            "finished_at": now(),
+            "error_type": "Expired",
+            "error_message": "Never started: the message expired before a worker took it.",
+        }
+        changed += lost_from(run, TaskRun.Status.QUEUED, fields)
+    return changed
+
+
+def lost_from(run: TaskRun, status: str, fields: dict[str, Any]) -> int:
+    """Write ``fields`` (a final status) over ``run`` if it is still in ``status``, and count it
+    in the aggregates in the same transaction; return 1 if it changed, else 0."""
+    with transaction.atomic():
+        if not TaskRun.objects.filter(pk=run.pk, status=status).update(**fields):
+            return 0
+        for name, value in fields.items():
+            setattr(run, name, value)
+        rollups.record(run)
+    return 1
 
 
 def report_final_failure(run: TaskRun, task: ScheduledTask) -> None:

@@ -282,10 +282,8 @@ def mark_stuck_runs(
             "error_message": truncate(reason, conf.MAX_ERROR_CHARS),
             "tick_key": None,
         }
-        if not TaskRun.objects.filter(pk=run.pk, status=TaskRun.Status.RUNNING).update(**fields):
+        if not dispatcher.lost_from(run, TaskRun.Status.RUNNING, fields):
             continue
-        for name, value in fields.items():
-            setattr(run, name, value)
         task = run.scheduled_task
         logger.error("Task %r attempt %s is stuck, marked lost: %s", task.name, run.attempt, reason)
         dispatcher.report_final_failure(run, task)
@@ -314,12 +312,10 @@ def _message_for(row: NotificationDelivery) -> Message | None:
 
 def _give_up(row: NotificationDelivery, at: dt.datetime, reason: str) -> bool:
     """Mark ``row`` failed, unless another pass or a worker changed it since it was read."""
-    return (
-        NotificationDelivery.objects.filter(
-            pk=row.pk, status=NotificationDelivery.Status.PENDING, requeued_at=row.requeued_at
-        ).update(status=NotificationDelivery.Status.FAILED, error=reason, finished_at=at)
-        == 1
+    pending = NotificationDelivery.objects.filter(
+        pk=row.pk, status=NotificationDelivery.Status.PENDING, requeued_at=row.requeued_at
     )
+    return notification_delivery.fail_delivery(pending, error=reason, finished_at=at) == 1
 
 
 def requeue_stale_deliveries(
@@ -336,10 +332,10 @@ def requeue_stale_deliveries(
     """
     report = report if report is not None else MaintenanceReport()
     at = now()
-    abandoned = NotificationDelivery.objects.filter(
-        status=NotificationDelivery.Status.SENDING, created_at__lte=at - ABANDONED_SEND_AFTER
-    ).update(
-        status=NotificationDelivery.Status.FAILED,
+    abandoned = notification_delivery.fail_delivery(
+        NotificationDelivery.objects.filter(
+            status=NotificationDelivery.Status.SENDING, created_at__lte=at - ABANDONED_SEND_AFTER
+        ),
         finished_at=at,
         error="Not known to be delivered: the worker sending it stopped before it finished.",
     )
@@ -430,7 +426,7 @@ def expire_queued_runs(
             "error_type": "NeverStarted",
             "error_message": message,
         }
-        if TaskRun.objects.filter(pk=run.pk, status=TaskRun.Status.QUEUED).update(**fields):
+        if dispatcher.lost_from(run, TaskRun.Status.QUEUED, fields):
             logger.warning(
                 "Run %s of task %s was still queued; marked lost", run.pk, run.scheduled_task_id
             )

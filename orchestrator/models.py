@@ -54,15 +54,18 @@ def default_channel_events() -> list[str]:
 
 
 __all__ = [
+    "AlertCount",
     "AlertState",
     "BeatProcess",
     "Event",
     "NotificationChannel",
     "NotificationDelivery",
+    "RetiredRunCount",
     "ScheduledTask",
     "SchedulerLease",
     "TaskDefinition",
     "TaskRun",
+    "TaskRunRollup",
     "TaskState",
     "WatchdogState",
 ]
@@ -632,6 +635,102 @@ class TaskRun(models.Model):
         return self.status == self.Status.LOST and self.error_type not in self.NOT_FINAL_LOST_TYPES
 
 
+# Upper bounds (seconds) of the run duration histogram kept in the aggregates and exported as
+# orchestrator_run_duration_seconds. Each has its own column: changing them needs a migration.
+DURATION_BUCKETS: tuple[tuple[str, float], ...] = (
+    ("le_100ms", 0.1),
+    ("le_500ms", 0.5),
+    ("le_1s", 1.0),
+    ("le_5s", 5.0),
+    ("le_10s", 10.0),
+    ("le_30s", 30.0),
+    ("le_1m", 60.0),
+    ("le_5m", 300.0),
+    ("le_15m", 900.0),
+    ("le_1h", 3600.0),
+)
+
+
+class RunCounters(models.Model):
+    """The counters one aggregate row keeps about a set of runs (abstract).
+
+    ``runs`` counts them; ``ticks`` is the sum of ``missed_count`` (missed rows stand for
+    several ticks); the duration columns cover the runs that have a duration: their number,
+    the sum in microseconds, and how many took at most each bucket's bound (cumulative, as
+    Prometheus histograms are); ``last_started_at`` is the latest start among them.
+    """
+
+    runs = models.BigIntegerField(default=0)
+    ticks = models.BigIntegerField(default=0)
+    timed = models.BigIntegerField(default=0, help_text="Runs with a duration.")
+    duration_us = models.BigIntegerField(default=0, help_text="Sum of durations, microseconds.")
+    le_100ms = models.BigIntegerField(default=0)
+    le_500ms = models.BigIntegerField(default=0)
+    le_1s = models.BigIntegerField(default=0)
+    le_5s = models.BigIntegerField(default=0)
+    le_10s = models.BigIntegerField(default=0)
+    le_30s = models.BigIntegerField(default=0)
+    le_1m = models.BigIntegerField(default=0)
+    le_5m = models.BigIntegerField(default=0)
+    le_15m = models.BigIntegerField(default=0)
+    le_1h = models.BigIntegerField(default=0)
+    last_started_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class TaskRunRollup(RunCounters):
+    """The runs of one task that reached one final status, started within one hour (UTC).
+
+    Kept exact by :mod:`orchestrator.rollups` in the transaction that gives a run its final
+    status (and by ``forget_runs`` before runs are deleted), so that pages and metrics read a
+    few rows per task and hour instead of the history. Queued and running runs are not
+    counted until they end.
+    """
+
+    scheduled_task = models.ForeignKey(
+        ScheduledTask, on_delete=models.CASCADE, related_name="rollups"
+    )
+    status = models.CharField(max_length=20)
+    hour = models.DateTimeField(help_text="Start of the hour (UTC) the runs started in.")
+
+    class Meta:
+        verbose_name = "run aggregate"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scheduled_task", "status", "hour"], name="orch_rollup_task_status_hour"
+            )
+        ]
+        indexes = [models.Index(fields=["hour"], name="orch_rollup_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.scheduled_task_id} {self.status} {self.hour:%Y-%m-%d %H:00}: {self.runs}"
+
+
+class RetiredRunCount(RunCounters):
+    """Per task and status: the counters of runs no longer counted under that status in
+    :class:`TaskRunRollup`: deleted from the history (pruned, or deleted in the admin), or moved
+    to another status (a waiting retry cancelled). Added to the aggregates, they make the
+    Prometheus counters, which must never go down."""
+
+    scheduled_task = models.ForeignKey(
+        ScheduledTask, on_delete=models.CASCADE, related_name="retired_run_counts"
+    )
+    status = models.CharField(max_length=20)
+
+    class Meta:
+        verbose_name = "retired run count"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scheduled_task", "status"], name="orch_retired_runs_task_status"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scheduled_task_id} {self.status}: {self.runs}"
+
+
 class TaskStateManager(models.Manager["TaskState"]):
     def rebuild(self, scheduled_task_id: int) -> TaskState | None:
         """Compute the state of a task again from its run history (repairs, and test data).
@@ -848,6 +947,34 @@ class NotificationDelivery(models.Model):
         if self.error or not self.suppressed_reason:
             return self.error
         return f"Suppressed: {self.suppressed_reason}"
+
+
+class AlertCount(models.Model):
+    """How many alerts one channel sent, suppressed or failed to send, per event: kept as the
+    deliveries reach those statuses, read by the metrics (never decremented)."""
+
+    class Result(models.TextChoices):
+        SENT = "sent", "Sent"
+        SUPPRESSED = "suppressed", "Suppressed"
+        FAILED = "failed", "Failed"
+
+    channel = models.ForeignKey(
+        NotificationChannel, on_delete=models.CASCADE, related_name="alert_counts"
+    )
+    event = models.CharField(max_length=20)
+    result = models.CharField(max_length=20, choices=Result.choices)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "alert count"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "event", "result"], name="orch_alert_count_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel_id} {self.event} {self.result}: {self.count}"
 
 
 class SchedulerLease(models.Model):

@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from orchestrator import beat_sync, callables, dispatcher, history
+from orchestrator import beat_sync, callables, dispatcher, history, rollups
 from orchestrator.models import ScheduledTask, TaskRun
 from orchestrator.validators import validate_kwargs_object
 
@@ -164,12 +164,13 @@ def run_now(
                 triggered_by=triggered_by.pk if triggered_by is not None else None,
             )
         except Exception as err:
-            TaskRun.objects.filter(pk=run.pk, status=TaskRun.Status.QUEUED).update(
-                status=TaskRun.Status.LOST,
-                finished_at=timezone.now(),
-                error_type=type(err).__name__,
-                error_message=f"Could not send the run to the broker: {type(err).__name__}",
-            )
+            fields = {
+                "status": TaskRun.Status.LOST,
+                "finished_at": timezone.now(),
+                "error_type": type(err).__name__,
+                "error_message": f"Could not send the run to the broker: {type(err).__name__}",
+            }
+            dispatcher.lost_from(run, TaskRun.Status.QUEUED, fields)
             raise
 
     # The worker must find the queued row: send once it is committed.
@@ -191,7 +192,11 @@ def cancel(run: TaskRun, user: Any = None) -> bool:
     also told (``revoke``) so that workers drop the message before it runs; that part is best
     effort, the database decides.
     """
-    current = TaskRun.objects.filter(pk=run.pk).values("status", "started_at").first()
+    current = (
+        TaskRun.objects.filter(pk=run.pk)
+        .values("status", "started_at", "scheduled_task_id", "duration")
+        .first()
+    )
     if current is None or current["status"] not in TaskRun.CANCELLABLE_STATUSES:
         return False
     status = current["status"]
@@ -208,8 +213,21 @@ def cancel(run: TaskRun, user: Any = None) -> bool:
         values["note"] = f"cancelled by {who}"
         values["finished_at"] = at
         values["duration"] = max(at - current["started_at"], dt.timedelta(0))
-    if not TaskRun.objects.filter(pk=run.pk, status=status).update(**values):
-        return False  # it moved on meanwhile (started, finished): cancel again if still wanted
+    counted = TaskRun(
+        pk=run.pk,
+        scheduled_task_id=current["scheduled_task_id"],
+        started_at=current["started_at"],
+        duration=values.get("duration", current["duration"]),
+        status=TaskRun.Status.CANCELLED,
+    )
+    with transaction.atomic():
+        if not TaskRun.objects.filter(pk=run.pk, status=status).update(**values):
+            return False  # it moved on meanwhile (started, finished): cancel again if still wanted
+        # A retried attempt was counted as such: it moves to cancelled, with its own duration.
+        if status in rollups.COUNTED_STATUSES:
+            rollups.move(counted, status)
+        else:
+            rollups.record(counted)
     if run.celery_task_id:
         _revoke(run.celery_task_id, terminate=status == TaskRun.Status.RUNNING)
     for name, value in values.items():

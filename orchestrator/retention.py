@@ -39,6 +39,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from orchestrator import rollups
 from orchestrator.conf import conf
 from orchestrator.models import AlertState, NotificationChannel, NotificationDelivery, TaskRun
 
@@ -466,10 +467,11 @@ def _delete_runs(ids: list[int], prunable: Q) -> list[PrunedRun]:
         ]
         if not rows:
             return []
-        # INTEGRATION POINT (per-task run rollups): the integrator calls the rollup decrement
-        # here, inside this transaction, with ``rows`` (task, status and started_at of each run
-        # deleted), so the hourly counts stay exact after pruning. Nothing else deletes runs.
-        _raw_delete(TaskRun, [row.pk for row in rows])
+        ids = [row.pk for row in rows]
+        # In the same transaction, before the DELETE: the per-task aggregates lose what these
+        # runs counted (and the exported counters keep it), so they stay exact after pruning.
+        rollups.forget_runs(ids)
+        _raw_delete(TaskRun, ids)
     return rows
 
 

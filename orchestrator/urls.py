@@ -14,6 +14,7 @@ app_name = "orchestrator"
 urlpatterns: list[URLPattern | URLResolver] = [
     path("", views.overview, name="dashboard"),
     path("health/", views.health, name="health"),
+    path("metrics", views.metrics_view, name="metrics"),
     path("tasks/<int:pk>/", views.task_detail, name="task-detail"),
     path("tasks/<int:pk>/run/", views.run_now, name="task-run"),
     path("tasks/<int:pk>/enable/", views.enable, name="task-enable"),

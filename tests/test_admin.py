@@ -16,8 +16,14 @@ from django_celery_beat.models import PeriodicTask
 from freezegun import freeze_time
 
 from orchestrator import admin as orchestrator_admin
-from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun
-from tests.utils import make_definition, make_run, make_scheduled_task
+from orchestrator.models import (
+    RetiredRunCount,
+    ScheduledTask,
+    TaskDefinition,
+    TaskRun,
+    TaskRunRollup,
+)
+from tests.utils import make_definition, make_run, make_scheduled_task, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -714,23 +720,32 @@ def test_run_is_shown_read_only_with_its_traceback(admin_client):
     assert 'name="_save"' not in page
 
 
-def test_runs_cannot_be_added_changed_or_deleted(admin_client):
+def test_runs_cannot_be_added_or_changed(admin_client):
     task = make_scheduled_task("report")
     run = make_run(task, status=TaskRun.Status.FAILED)
 
     assert admin_client.get(reverse("admin:orchestrator_taskrun_add")).status_code == 403
     admin_client.post(change_url(run), {"status": "succeeded"})
-    assert (
-        admin_client.post(
-            reverse("admin:orchestrator_taskrun_delete", args=[run.pk]), {"post": "yes"}
-        ).status_code
-        == 403
-    )
     run.refresh_from_db()
     assert run.status == TaskRun.Status.FAILED
-    # Deleting is the only default action; without it the list offers only cancelling.
+
+
+def test_deleting_a_run_takes_it_out_of_the_aggregates(admin_client, client):
+    task = make_scheduled_task("report")
+    run = make_run(task, status=TaskRun.Status.FAILED)
+    viewer = make_user("viewer", "orchestrator.view_taskrun", is_staff=True)
+    client.force_login(viewer)
+    delete_url = reverse("admin:orchestrator_taskrun_delete", args=[run.pk])
+
+    assert client.post(delete_url, {"post": "yes"}).status_code == 403  # no delete_taskrun
+    assert admin_client.post(delete_url, {"post": "yes"}).status_code == 302
+
+    assert not TaskRun.objects.exists()
+    assert not TaskRunRollup.objects.filter(runs__gt=0).exists()
+    assert RetiredRunCount.objects.get().runs == 1
+    # Deleting (which forgets the runs in the aggregates) is offered to who may delete.
     actions = admin_client.get(RUNS_URL).context["action_form"].fields["action"].choices
-    assert [name for name, _ in actions if name] == ["cancel_runs"]
+    assert [name for name, _ in actions if name] == ["delete_selected", "cancel_runs"]
 
 
 def test_run_history_query_count_does_not_grow_with_the_number_of_runs(admin_client):
@@ -800,3 +815,32 @@ def test_the_run_list_does_not_read_the_logs(admin_client):
     with CaptureQueriesContext(connection) as queries:
         assert admin_client.get(RUNS_URL).status_code == 200
     assert not any('"log"' in query["sql"] for query in queries.captured_queries)
+
+
+def test_the_run_list_counts_at_most_its_cap(admin_client, monkeypatch):
+    from orchestrator.admin import EstimatedCountPaginator
+
+    task = make_scheduled_task("report")
+    for _ in range(3):
+        make_run(task)
+    monkeypatch.setattr(EstimatedCountPaginator, "COUNT_CAP", 2)
+    url = reverse("admin:orchestrator_taskrun_changelist")
+
+    response = admin_client.get(url, {"status__exact": "succeeded"})
+
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 2  # capped, not counted to the end
+
+
+def test_the_unfiltered_run_list_takes_the_databases_estimate(admin_client, monkeypatch):
+    from orchestrator import admin as orchestrator_admin
+
+    task = make_scheduled_task("report")
+    make_run(task)
+    monkeypatch.setattr(
+        orchestrator_admin.rollups, "estimated_rows", lambda model, using=None: 12_345_678
+    )
+
+    response = admin_client.get(reverse("admin:orchestrator_taskrun_changelist"))
+
+    assert response.context["cl"].result_count == 12_345_678

@@ -333,3 +333,24 @@ def test_w030_run_log_max_bytes_above_one_mebibyte(settings):
     assert isinstance(messages[0], Warning)
     settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "RUN_LOG_MAX_BYTES": 1024 * 1024}
     assert checks.check_run_log() == []
+
+
+def test_e025_metrics_token_not_a_string(settings):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "METRICS_TOKEN": 12345}
+    errors = [e for e in checks.check_settings() if e.id == "orchestrator.E025"]
+    assert len(errors) == 1 and isinstance(errors[0], Error)
+    assert "must be a string, not int" in errors[0].msg
+
+
+@pytest.mark.parametrize("token", ["short", " padded-token-that-is-long-enough-123 "])
+def test_w025_metrics_token_short_or_padded(settings, token):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "METRICS_TOKEN": token}
+    warnings = [e for e in checks.check_settings() if e.id == "orchestrator.W025"]
+    assert len(warnings) == 1 and isinstance(warnings[0], Warning)
+    assert "METRICS_TOKEN" in warnings[0].msg
+
+
+def test_w025_quiet_for_a_long_token_or_none(settings):
+    for token in ("", "x" * 32):
+        settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "METRICS_TOKEN": token}
+        assert not [e for e in checks.check_settings() if e.id.endswith("025")]

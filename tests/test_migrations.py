@@ -42,3 +42,36 @@ def test_the_project_default_auto_field_asks_for_no_migration(default_auto_field
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_rollups_migration_counts_the_history_that_exists() -> None:
+    import datetime as dt
+
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    rollups_migration = ("orchestrator", "0009_rollups")
+    executor = MigrationExecutor(connection)
+    before = sorted(executor.loader.graph.node_map[rollups_migration].parents)[0].key
+    leaves = executor.loader.graph.leaf_nodes("orchestrator")
+    executor.migrate([before])
+    old = executor.loader.project_state([before]).apps
+    definition = old.get_model("orchestrator", "TaskDefinition").objects.create(
+        name="d", import_path="tests.sample_tasks.noop"
+    )
+    task = old.get_model("orchestrator", "ScheduledTask").objects.create(
+        name="t", task_definition=definition, cron="* * * * *", timezone="UTC"
+    )
+    at = dt.datetime(2026, 3, 1, 10, 30, tzinfo=dt.UTC)
+    runs = old.get_model("orchestrator", "TaskRun").objects
+    for status in ("succeeded", "succeeded", "failed", "running"):
+        runs.create(scheduled_task=task, status=status, started_at=at)
+
+    executor = MigrationExecutor(connection)
+    executor.migrate(leaves)
+
+    from orchestrator.models import TaskRunRollup
+
+    counted = {row.status: row.runs for row in TaskRunRollup.objects.filter(scheduled_task=task.pk)}
+    assert counted == {"succeeded": 2, "failed": 1}

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.contrib.auth.models import Permission, User
 
+from orchestrator import rollups
 from orchestrator.models import (
     NotificationChannel,
     ScheduledTask,
@@ -56,6 +57,7 @@ def make_run(task: ScheduledTask, **fields: Any) -> TaskRun:
     values.update(fields)
     run = TaskRun.objects.create(scheduled_task=task, **values)
     TaskState.objects.rebuild(task.pk)
+    rollups.rebuild([task.pk])
     return run
 
 

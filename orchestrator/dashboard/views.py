@@ -11,6 +11,7 @@ change history as the user's, from the dashboard.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from typing import Any
@@ -24,11 +25,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonRes
 from django.shortcuts import get_object_or_404, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST, require_safe
 
-from orchestrator import charts, history, operations, watchdog
+from orchestrator import charts, history, metrics, operations, watchdog
 from orchestrator.conf import conf
 from orchestrator.dashboard import stats
 from orchestrator.forms import PauseForm, RunWithArgumentsForm
@@ -44,6 +45,9 @@ VIEW_PERMS = ("orchestrator.view_scheduledtask", "orchestrator.change_scheduledt
 RUN_PERM = "orchestrator.run_scheduledtask"
 CHANGE_PERM = "orchestrator.change_scheduledtask"
 RUNS_PER_PAGE = 50
+# The overview lists this many tasks a page: a page's cost (its rates, sparklines, schedules in
+# words) depends on it, not on how many tasks there are.
+TASKS_PER_PAGE = 50
 RETRY_DELAYS_SHOWN = 5
 HISTORY_SHOWN = 20
 # /health/ says "down" when the watchdog has not run for this many of its intervals.
@@ -131,7 +135,10 @@ def overview(request: HttpRequest) -> HttpResponse:
         enabled=_filter_value(request, "enabled"),
     )
     now = timezone.now()
-    tasks = list(stats.overview_tasks(filters))
+    page = Paginator(stats.overview_tasks(filters), TASKS_PER_PAGE).get_page(
+        request.GET.get("page")
+    )
+    tasks: list[Any] = list(page.object_list)
     ids = [task.pk for task in tasks]
     rates = stats.success_rates(ids, now=now)
     recent = stats.recent_runs(ids, now=now)
@@ -154,6 +161,15 @@ def overview(request: HttpRequest) -> HttpResponse:
     ]
     context = {
         "rows": rows,
+        "page": page,
+        # The filters, for the page links to keep them.
+        "filter_query": urlencode(
+            {
+                name: value
+                for name in ("category", "queue", "status", "enabled")
+                if (value := getattr(filters, name))
+            }
+        ),
         "filters": filters,
         "choices": stats.filter_choices(),
         "status_choices": [*TaskRun.Status.choices, (stats.NEVER_RUN, "Never run")],
@@ -404,3 +420,43 @@ def cancel_run(request: HttpRequest, pk: int) -> HttpResponseRedirect:
     else:
         messages.warning(request, f"Run {run.pk} had already finished; nothing was cancelled.")
     return _back(request, fallback)
+
+
+METRICS_PERM = "orchestrator.view_taskrun"
+
+
+def metrics_access(request: HttpRequest) -> int:
+    """200 if ``request`` may read the metrics, else the status to answer: 401 without
+    credentials, 403 with wrong ones.
+
+    A bearer token is compared with ``ORCHESTRATOR["METRICS_TOKEN"]`` in constant time (no
+    token configured: no token is right); otherwise a staff user holding
+    ``orchestrator.view_taskrun`` may read them.
+    """
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, given = header.partition(" ")
+        expected = conf.METRICS_TOKEN
+        if scheme.lower() != "bearer" or not expected:
+            return 403
+        matches = hmac.compare_digest(given.strip().encode(), expected.encode())
+        return 200 if matches else 403
+    user = request.user
+    if not user.is_authenticated:
+        return 401
+    return 200 if user.is_staff and user.has_perm(METRICS_PERM) else 403
+
+
+@require_safe
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The Prometheus metrics (text format), read from the database on each scrape."""
+    status = metrics_access(request)
+    if status == 401:
+        response = HttpResponse("Authentication required.\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="orchestrator metrics"'
+        return response
+    if status == 403:
+        return HttpResponse("Forbidden.\n", status=403, content_type="text/plain")
+    response = HttpResponse(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
+    response["Cache-Control"] = "no-store"
+    return response

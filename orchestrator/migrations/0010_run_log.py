@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("orchestrator", "0006_outbound_secrets"),
+        ("orchestrator", "0009_rollups"),
     ]
 
     operations = [

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from tenacity import (
     RetryCallState,
@@ -23,7 +24,7 @@ from tenacity import (
     stop_before_delay,
 )
 
-from orchestrator import runlog
+from orchestrator import rollups, runlog
 from orchestrator.conf import conf
 from orchestrator.models import (
     AlertState,
@@ -143,6 +144,8 @@ def _record(
     now = timezone.now()
     send = decision.action is Action.SEND
     status = NotificationDelivery.Status
+    if not send:
+        rollups.count_alert(channel.pk, event, status.SUPPRESSED)
     return NotificationDelivery.objects.create(
         channel=channel,
         scheduled_task=run.scheduled_task,
@@ -261,8 +264,8 @@ def enqueue(delivery_id: int, message: Message) -> None:
             send_task_message(DELIVER_NOTIFICATION, args=[delivery_id, data], **options)
         except Exception as err:
             logger.exception("Could not queue notification delivery %s", delivery_id)
-            NotificationDelivery.objects.filter(pk=delivery_id).update(
-                status=NotificationDelivery.Status.FAILED,
+            fail_delivery(
+                NotificationDelivery.objects.filter(pk=delivery_id),
                 error=f"Could not queue the delivery: {type(err).__name__}",
                 finished_at=timezone.now(),
             )
@@ -425,6 +428,19 @@ def deliver(
     return _finish(delivery, result.attempts, error)
 
 
+def fail_delivery(deliveries: QuerySet[NotificationDelivery], **fields: Any) -> int:
+    """Mark ``deliveries`` (filtered on the status they must still have) failed with
+    ``fields``, each counted in :class:`AlertCount` in the same transaction; return how many
+    changed."""
+    changed = 0
+    for pk, channel_id, event in deliveries.values_list("pk", "channel_id", "event"):
+        with transaction.atomic():
+            if deliveries.filter(pk=pk).update(status=NotificationDelivery.Status.FAILED, **fields):
+                rollups.count_alert(channel_id, event, NotificationDelivery.Status.FAILED)
+                changed += 1
+    return changed
+
+
 def _finish(delivery: NotificationDelivery, attempts: int, error: str = "") -> str:
     now = timezone.now()
     delivery.attempts = attempts
@@ -435,7 +451,9 @@ def _finish(delivery: NotificationDelivery, attempts: int, error: str = "") -> s
     else:
         delivery.status = NotificationDelivery.Status.SENT
         delivery.sent_at = now
-    delivery.save(update_fields=["attempts", "finished_at", "status", "error", "sent_at"])
+    with transaction.atomic():
+        delivery.save(update_fields=["attempts", "finished_at", "status", "error", "sent_at"])
+        rollups.count_alert(delivery.channel_id, delivery.event, delivery.status)
     return str(delivery.status)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 from django.db.models import Q
 
-from orchestrator import cron, signals
+from orchestrator import cron, rollups, signals
 from orchestrator.conf import conf
 from orchestrator.dispatcher import send_signal, task_state
 from orchestrator.models import ScheduledTask, TaskRun, TaskState
@@ -159,6 +159,7 @@ def _record(
     }
     to_create: list[TaskRun] = []
     to_extend: list[TaskRun] = []
+    new_ticks: list[tuple[TaskRun, int]] = []
     for pk, ticks in missed.items():
         task = tasks[pk]
         report.ticks_missed += len(ticks)
@@ -171,6 +172,7 @@ def _record(
             row.note = _describe(row.missed_count, first_tick, ticks[-1], grace_of(task))
             row.error_message = row.note
             to_extend.append(row)
+            new_ticks.append((row, len(ticks)))
             continue
         note = _describe(len(ticks), ticks[0], ticks[-1], grace_of(task))
         to_create.append(
@@ -197,6 +199,9 @@ def _record(
             TaskRun.objects.bulk_update(
                 to_extend, ["missed_until", "missed_count", "finished_at", "note", "error_message"]
             )
+        # Counted with the rows: a new row is a missed run, an extended one adds its ticks.
+        rollups.record(created)
+        rollups.extend_ticks(new_ticks)
     report.rows_created += len(created)
     report.rows_extended += len(to_extend)
     for run in created:
