@@ -34,8 +34,15 @@ from orchestrator.policies.retry import RetryPolicy, exception_names
 from orchestrator.prepared import PreparedGet
 from orchestrator.reconnect import CONNECTION_ERRORS, with_reconnect
 from orchestrator.routing import message_options, send_task_message
-from orchestrator.sanitize import error_message, error_type, json_safe_result, truncate
+from orchestrator.sanitize import (
+    UnreadableJSON,
+    error_message,
+    error_type,
+    json_safe_result,
+    truncate,
+)
 from orchestrator.task_names import RUN_SCHEDULED_TASK
+from orchestrator.validators import MAX_KWARGS_DEPTH, nested_deeper_than
 
 logger = logging.getLogger(__name__)
 
@@ -278,6 +285,12 @@ def _prepare(
         raise InvalidTaskError(f"its retry policy is invalid: {err}") from None
     func = task.task_definition.resolve()
     kwargs = task.kwargs if attempt.kwargs_override is None else attempt.kwargs_override
+    if isinstance(kwargs, UnreadableJSON) or nested_deeper_than(kwargs, MAX_KWARGS_DEPTH):
+        raise InvalidTaskError(
+            f"its kwargs are nested more than {MAX_KWARGS_DEPTH} levels deep, which no task "
+            "needs and which cannot be read back safely; enter them again as a flatter JSON "
+            "object in the admin."
+        )
     if not isinstance(kwargs, dict):
         raise InvalidTaskError(f"kwargs must be a JSON object, not a JSON {type(kwargs).__name__}.")
     callables.check_kwargs(func, kwargs)

@@ -16,6 +16,9 @@ MAX_EXCEPTION_RULES = 50
 # Deeper keyword arguments are a mistake or an attack, and near Python's recursion limit they
 # break json.dumps wherever they are saved or shown.
 MAX_KWARGS_DEPTH = 32
+# Every JSON value the edges accept (kwargs, event lists, exception names) is held to the same
+# depth: none needs more, and a shallow value is one every page, log line and repr() can show.
+MAX_JSON_DEPTH = MAX_KWARGS_DEPTH
 
 
 def validate_import_path_shape(value: str) -> None:
@@ -48,6 +51,29 @@ def validate_kwargs_object(value: Any) -> None:
             code="kwargs",
         )
     _validate_storable_json(value)
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` (decoded JSON) has lists or objects nested more than ``limit`` deep.
+
+    Iterative, so it answers for values nested far past Python's recursion limit (a row written
+    straight into the database), where ``json.dumps`` and ``repr`` raise RecursionError.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def too_deep_message(limit: int = MAX_JSON_DEPTH) -> str:
+    """What the edges say about JSON nested deeper than ``limit`` levels."""
+    return f"This JSON is nested more than {limit} levels deep; flatten it."
 
 
 def _validate_storable_json(value: Any) -> None:

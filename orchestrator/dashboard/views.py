@@ -35,7 +35,7 @@ from orchestrator.forms import PauseForm, RunWithArgumentsForm
 from orchestrator.humanize import format_duration, retry_schedule
 from orchestrator.models import ScheduledTask, TaskRun
 from orchestrator.notifications.registry import mask_target
-from orchestrator.sanitize import truncate
+from orchestrator.sanitize import UnreadableJSON, json_preview, truncate
 from orchestrator.scheduler.status import scheduler_status
 
 logger = logging.getLogger(__name__)
@@ -181,6 +181,8 @@ def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def _editable_kwargs(task: ScheduledTask) -> str:
     """The task's kwargs to start the Run-with-arguments form from; empty when they are too
     long to edit in a text box (the form then starts from nothing)."""
+    if isinstance(task.kwargs, UnreadableJSON):  # a row written around validation
+        return ""
     try:
         text = json.dumps(task.kwargs, sort_keys=True)
     except (TypeError, ValueError, RecursionError):  # a row written around validation
@@ -208,9 +210,7 @@ def _task_page(
         (
             run,
             format_duration(None if run.duration is None else run.duration.total_seconds()),
-            None
-            if run.kwargs_override is None
-            else truncate(json.dumps(run.kwargs_override, sort_keys=True), KWARGS_SHOWN),
+            None if run.kwargs_override is None else json_preview(run.kwargs_override, KWARGS_SHOWN),
         )
         for run in page.object_list
     ]
@@ -233,7 +233,7 @@ def _task_page(
         "page": page,
         "run_rows": run_rows,
         "chart": mark_safe(charts.duration_chart(stats.task_history_points(task))),
-        "kwargs_json": truncate(json.dumps(task.kwargs, sort_keys=True), KWARGS_SHOWN),
+        "kwargs_json": json_preview(task.kwargs, KWARGS_SHOWN),
         "policy": policy,
         "policy_error": policy_error,
         "retry_delays": delays.delays if delays else (),
