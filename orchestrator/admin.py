@@ -36,6 +36,7 @@ from django.utils.safestring import SafeString
 from django.utils.timesince import timeuntil
 
 from orchestrator import beat_sync, history, operations
+from orchestrator.changelist import BoundedChangeListMixin
 from orchestrator.forms import ExceptionNamesField, KwargsFormField, PauseForm
 from orchestrator.humanize import format_duration, retry_schedule
 from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun
@@ -139,7 +140,7 @@ class HistoryAdminMixin(AuditlogHistoryAdminMixin):
 
 
 @admin.register(TaskDefinition)
-class TaskDefinitionAdmin(HistoryAdminMixin, admin.ModelAdmin):
+class TaskDefinitionAdmin(BoundedChangeListMixin, HistoryAdminMixin, admin.ModelAdmin):
     list_display = ["name", "import_path", "category", "enabled", "scheduled_task_count"]
     list_filter = ["category", "enabled"]
     search_fields = ["name", "import_path", "category", "description"]
@@ -346,7 +347,7 @@ class ScheduledTaskForm(forms.ModelForm):
 
 
 @admin.register(ScheduledTask)
-class ScheduledTaskAdmin(HistoryAdminMixin, admin.ModelAdmin):
+class ScheduledTaskAdmin(BoundedChangeListMixin, HistoryAdminMixin, admin.ModelAdmin):
     form = ScheduledTaskForm
     list_display = [
         "name",
@@ -684,7 +685,7 @@ class ScheduledTaskAdmin(HistoryAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(TaskRun)
-class TaskRunAdmin(admin.ModelAdmin):
+class TaskRunAdmin(BoundedChangeListMixin, admin.ModelAdmin):
     """The run history: written by the dispatcher only, so it can be viewed, never edited (an
     operator may cancel a run that has not finished)."""
 

@@ -187,6 +187,7 @@ def current_tick(task: ScheduledTask, at: dt.datetime) -> dt.datetime | None:
 
 # --- which tick, and whether to run at all ------------------------------------------------------
 
+
 class _NotToRun(Exception):
     """This attempt must not run: it finished before (a redelivery), or it was cancelled."""
 
@@ -336,6 +337,7 @@ class _Record:
         self.base["max_attempts"] = policy.max_attempts
         if self.task.overlap != ScheduledTask.Overlap.SKIP:
             return self._start()
+
         # Check and start under the task's row lock: two runs arriving together must not both
         # see the other one missing. An UPDATE of the row is the lock every database has
         # (SQLite has no SELECT ... FOR UPDATE, and takes its write lock here).
@@ -402,7 +404,9 @@ class _Record:
             self.run_id = None
             return self._insert(**fields)
         logger.info(
-            "Queued run %s of task %r is %s; not running it", current.pk, self.task.name,
+            "Queued run %s of task %r is %s; not running it",
+            current.pk,
+            self.task.name,
             current.status,
         )
         return current

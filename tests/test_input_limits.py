@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from orchestrator import dispatcher
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskRun
 from orchestrator.validators import MAX_JSON_DEPTH
-from tests.utils import make_channel, make_definition, make_run, make_scheduled_task
+from tests.utils import make_definition, make_run, make_scheduled_task
 
 pytestmark = pytest.mark.django_db
 
@@ -80,7 +80,12 @@ def test_deep_json_sent_as_form_data_is_a_400_naming_the_field(
 def test_deep_channel_events_sent_as_form_data_are_a_400_naming_the_field(
     api: APIClient, depth: int
 ) -> None:
-    body = {"name": "ops", "kind": "email", "target": "ops@example.com", "events": nested_list(depth)}
+    body = {
+        "name": "ops",
+        "kind": "email",
+        "target": "ops@example.com",
+        "events": nested_list(depth),
+    }
     response = api.post(reverse("orchestrator:api-channel-list"), body, format="multipart")
     assert response.status_code == 400
     assert "nested" in " ".join(response.json()["events"])
@@ -106,7 +111,9 @@ def test_deep_run_now_kwargs_are_a_400_naming_the_field(
 ) -> None:
     task = make_scheduled_task("echo", "tests.sample_tasks.echo")
     url = reverse("orchestrator:api-scheduled-task-run", args=[task.pk])
-    response = api.post(url, {"kwargs": nested_list(depth)}, format=encoding if encoding == "multipart" else None)
+    response = api.post(
+        url, {"kwargs": nested_list(depth)}, format=encoding if encoding == "multipart" else None
+    )
     assert response.status_code == 400
     assert "nested" in " ".join(response.json()["kwargs"])
     assert not TaskRun.objects.exists()
@@ -224,6 +231,82 @@ def test_the_dispatcher_records_a_failed_run_for_kwargs_nested_deeply_in_the_dat
     # The unreadable value is kept as it was, for someone to look at.
     deep_task.refresh_from_db()
     with connection.cursor() as cursor:
-        cursor.execute("SELECT kwargs FROM orchestrator_scheduledtask WHERE id = %s", [deep_task.pk])
+        cursor.execute(
+            "SELECT kwargs FROM orchestrator_scheduledtask WHERE id = %s", [deep_task.pk]
+        )
         (stored,) = cursor.fetchone()
     assert stored.count("{") == db_depth()
+
+
+# --- integer filters too large for the database -------------------------------------------------
+
+TOO_LARGE = "99999999999999999999"  # wider than 64 bits
+
+
+@pytest.mark.parametrize("value", [TOO_LARGE, f"-{TOO_LARGE}", "0", "-1", "1.5", "x"])
+def test_an_api_run_filter_that_is_not_a_storable_id_is_a_400_naming_it(
+    api: APIClient, value: str
+) -> None:
+    make_run(make_scheduled_task("t"))
+    response = api.get(reverse("orchestrator:api-run-list"), {"scheduled_task": value})
+    assert response.status_code == 400
+    assert "whole number" in str(response.json()["scheduled_task"])
+
+
+def test_the_largest_storable_id_is_a_filter_that_matches_nothing(api: APIClient) -> None:
+    make_run(make_scheduled_task("t"))
+    response = api.get(reverse("orchestrator:api-run-list"), {"scheduled_task": str(2**63 - 1)})
+    assert response.status_code == 200
+    assert response.json()["results"] == []
+
+
+@pytest.mark.parametrize(
+    ("changelist", "query"),
+    [
+        ("taskrun", "scheduled_task"),
+        ("taskrun", "scheduled_task__exact"),
+        ("taskrun", "scheduled_task__in"),
+        ("taskrun", "scheduled_task__id__in"),
+        ("taskrun", "scheduled_task__gt"),
+        ("taskrun", "attempt__in"),
+        ("taskrun", "started_at__year"),
+        ("scheduledtask", "task_definition"),
+        ("scheduledtask", "task_definition__id__in"),
+        ("scheduledtask", "notification_channels"),
+        ("notificationdelivery", "channel"),
+        ("notificationdelivery", "scheduled_task"),
+    ],
+)
+@pytest.mark.parametrize("value", [TOO_LARGE, f"-{TOO_LARGE}", f"1,{TOO_LARGE}"])
+def test_an_admin_list_filtered_by_a_number_too_large_for_the_database_is_empty(
+    admin_web: Client, changelist: str, query: str, value: str
+) -> None:
+    make_run(make_scheduled_task("t"))
+    page = admin_web.get(reverse(f"admin:orchestrator_{changelist}_changelist"), {query: value})
+    assert page.status_code == 200
+    assert list(page.context["cl"].result_list) == []
+
+
+def test_an_admin_list_keeps_text_filters_that_look_like_large_numbers(admin_web: Client) -> None:
+    make_scheduled_task("t", queue=TOO_LARGE)
+    page = admin_web.get(
+        reverse("admin:orchestrator_scheduledtask_changelist"), {"queue": TOO_LARGE}
+    )
+    assert page.status_code == 200
+    assert [task.name for task in page.context["cl"].result_list] == ["t"]
+
+
+@pytest.mark.parametrize("page_number", [TOO_LARGE, f"-{TOO_LARGE}"])
+def test_dashboard_pages_with_numbers_too_large_for_the_database_render(
+    admin_web: Client, page_number: str
+) -> None:
+    task = make_scheduled_task("t")
+    make_run(task)
+    assert (
+        admin_web.get(reverse("orchestrator:dashboard"), {"page": page_number}).status_code == 200
+    )
+    detail = admin_web.get(
+        reverse("orchestrator:task-detail", args=[task.pk]), {"page": page_number}
+    )
+    assert detail.status_code == 200
+    assert admin_web.get(f"/tasks/{TOO_LARGE}/").status_code == 404

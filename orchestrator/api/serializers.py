@@ -40,6 +40,7 @@ def as_drf_error(err: DjangoValidationError) -> serializers.ValidationError:
 MAX_SHOWN_JSON_DEPTH = 200
 NOT_SHOWN = "(nested too deeply to show)"
 
+
 class JSONField(serializers.JSONField):
     """DRF's JSONField, with JSON nested deeper than ``MAX_JSON_DEPTH`` refused on the field.
 

@@ -45,6 +45,7 @@ from orchestrator.api.serializers import (
     as_drf_error,
 )
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition, TaskRun
+from orchestrator.validators import MAX_DATABASE_INTEGER, parse_id
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,6 @@ class OrchestratorViewSet(viewsets.GenericViewSet):
         except ProtectedError as err:
             used_by = ", ".join(sorted(str(obj) for obj in err.protected_objects)[:10])
             raise Conflict(f"“{instance}” is still used by: {used_by}.") from None
-
 
     def changes(self) -> Any:
         return history.changes_by(self.request.user, history.Source.API)
@@ -303,10 +303,15 @@ class TaskRunViewSet(OrchestratorViewSet, viewsets.ReadOnlyModelViewSet):
         params = self.request.query_params
         if params.get("scheduled_task"):
             try:
-                runs = runs.filter(scheduled_task=int(params["scheduled_task"]))
+                runs = runs.filter(scheduled_task=parse_id(params["scheduled_task"]))
             except ValueError:
+                # A number too large for the database is refused here too: SQLite's driver
+                # raises OverflowError for it (a 500), other databases match nothing.
                 raise exceptions.ValidationError(
-                    {"scheduled_task": "Enter the id of a scheduled task (a whole number)."}
+                    {
+                        "scheduled_task": "Enter the id of a scheduled task (a whole number from "
+                        f"1 to {MAX_DATABASE_INTEGER})."
+                    }
                 ) from None
         statuses = [s for s in params.getlist("status") if s]
         if statuses:

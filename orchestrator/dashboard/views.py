@@ -35,7 +35,7 @@ from orchestrator.forms import PauseForm, RunWithArgumentsForm
 from orchestrator.humanize import format_duration, retry_schedule
 from orchestrator.models import ScheduledTask, TaskRun
 from orchestrator.notifications.registry import mask_target
-from orchestrator.sanitize import UnreadableJSON, json_preview, truncate
+from orchestrator.sanitize import UnreadableJSON, json_preview
 from orchestrator.scheduler.status import scheduler_status
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,9 @@ def _task_page(
         (
             run,
             format_duration(None if run.duration is None else run.duration.total_seconds()),
-            None if run.kwargs_override is None else json_preview(run.kwargs_override, KWARGS_SHOWN),
+            None
+            if run.kwargs_override is None
+            else json_preview(run.kwargs_override, KWARGS_SHOWN),
         )
         for run in page.object_list
     ]

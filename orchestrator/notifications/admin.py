@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from orchestrator.changelist import BoundedChangeListMixin
 from orchestrator.models import Event, NotificationChannel, NotificationDelivery
 from orchestrator.notifications.base import NotificationError
 from orchestrator.notifications.delivery import send_test
@@ -73,7 +74,7 @@ class NotificationChannelForm(forms.ModelForm):
 
 
 @admin.register(NotificationChannel)
-class NotificationChannelAdmin(admin.ModelAdmin):
+class NotificationChannelAdmin(BoundedChangeListMixin, admin.ModelAdmin):
     form = NotificationChannelForm
     list_display = [
         "name",
@@ -151,7 +152,7 @@ DELIVERY_FIELDS = (
 
 
 @admin.register(NotificationDelivery)
-class NotificationDeliveryAdmin(admin.ModelAdmin):
+class NotificationDeliveryAdmin(BoundedChangeListMixin, admin.ModelAdmin):
     """The delivery log: read-only, one row per alert per channel."""
 
     list_display = [
