@@ -133,6 +133,12 @@ class HistoryAdminMixin(AuditlogHistoryAdminMixin):
     def history_view(
         self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
     ) -> Any:
+        # auditlog's view fails on a missing object (a 500 for a stale or made-up id); the
+        # admin's own views send the user back to the list with a message instead.
+        if self.get_object(request, object_id) is None:
+            return self._get_obj_does_not_exist_redirect(
+                request, self.opts, object_id
+            )
         return self.auditlog_history_view(request, object_id, extra_context)
 
 

@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 
-class JSONField(models.JSONField):  # type: ignore[type-arg]
+class JSONField(models.JSONField):
     """Django's JSONField, which still loads a row whose value is nested too deeply to decode.
 
     ``json.loads`` raises RecursionError for text nested past Python's recursion limit, and a

@@ -310,3 +310,11 @@ def test_dashboard_pages_with_numbers_too_large_for_the_database_render(
     )
     assert detail.status_code == 200
     assert admin_web.get(f"/tasks/{TOO_LARGE}/").status_code == 404
+
+
+@pytest.mark.parametrize("object_id", ["12345", TOO_LARGE])
+def test_the_admin_history_of_a_missing_task_goes_back_to_the_list(
+    admin_web: Client, object_id: str
+) -> None:
+    page = admin_web.get(reverse("admin:orchestrator_scheduledtask_history", args=[object_id]))
+    assert page.status_code == 302
