@@ -31,6 +31,7 @@ from orchestrator.api.permissions import (
     CanChangeScheduledTask,
     CanRunScheduledTask,
     ModelPermissions,
+    RunPermissions,
 )
 from orchestrator.api.schema import ViewSchema
 from orchestrator.api.serializers import (
@@ -275,6 +276,7 @@ class TaskRunViewSet(OrchestratorViewSet, viewsets.ReadOnlyModelViewSet):
     """The run history, newest first (read-only: the workers write it)."""
 
     serializer_class = TaskRunSerializer
+    permission_classes = [RunPermissions]
     pagination_class = RunPagination
     schema_overrides = {
         "list": {"parameters": RUN_FILTERS},

@@ -29,6 +29,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST, require_safe
 
 from orchestrator import charts, history, operations, watchdog
+from orchestrator.access import can_view_runs, can_view_scheduled_tasks
 from orchestrator.conf import conf
 from orchestrator.dashboard import stats
 from orchestrator.forms import PauseForm, RunWithArgumentsForm
@@ -40,7 +41,6 @@ from orchestrator.scheduler.status import scheduler_status
 
 logger = logging.getLogger(__name__)
 
-VIEW_PERMS = ("orchestrator.view_scheduledtask", "orchestrator.change_scheduledtask")
 RUN_PERM = "orchestrator.run_scheduledtask"
 CHANGE_PERM = "orchestrator.change_scheduledtask"
 RUNS_PER_PAGE = 50
@@ -55,7 +55,7 @@ KWARGS_SHOWN = 2000
 
 def can_view(user: Any) -> bool:
     # The admin lets a user with the change permission view too; so does the dashboard.
-    return any(user.has_perm(perm) for perm in VIEW_PERMS)
+    return can_view_scheduled_tasks(user)
 
 
 def _require(allowed: bool) -> None:
@@ -131,6 +131,8 @@ def overview(request: HttpRequest) -> HttpResponse:
         enabled=_filter_value(request, "enabled"),
     )
     now = timezone.now()
+    # Run errors follow the API's rule for the run history (orchestrator.access).
+    show_runs = can_view_runs(request.user)
     tasks = list(stats.overview_tasks(filters))
     ids = [task.pk for task in tasks]
     rates = stats.success_rates(ids, now=now)
@@ -157,7 +159,8 @@ def overview(request: HttpRequest) -> HttpResponse:
         "filters": filters,
         "choices": stats.filter_choices(),
         "status_choices": [*TaskRun.Status.choices, (stats.NEVER_RUN, "Never run")],
-        "failures": list(stats.recent_failures(stats.overview_tasks(filters))),
+        "can_view_runs": show_runs,
+        "failures": list(stats.recent_failures(stats.overview_tasks(filters))) if show_runs else [],
         "can_run": request.user.has_perm(RUN_PERM),
         "can_change": request.user.has_perm(CHANGE_PERM),
         "admin_url": _admin_url("orchestrator_scheduledtask_changelist"),
@@ -199,11 +202,15 @@ def _task_page(
     status: int = 200,
 ) -> HttpResponse:
     now = timezone.now()
+    # Run errors follow the API's rule for the run history (orchestrator.access).
+    show_runs = can_view_runs(request.user)
     runs = (
         TaskRun.objects.filter(scheduled_task=task)
         .select_related("triggered_by")
         .order_by("-started_at", "-id")
     )
+    if not show_runs:
+        runs = runs.none()
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     # (run, its duration, its own arguments as JSON): what the history table shows of each run.
     run_rows = [
@@ -234,6 +241,7 @@ def _task_page(
         "rate": stats.task_success_rate(task, now=now),
         "page": page,
         "run_rows": run_rows,
+        "can_view_runs": show_runs,
         "chart": mark_safe(charts.duration_chart(stats.task_history_points(task))),
         "kwargs_json": json_preview(task.kwargs, KWARGS_SHOWN),
         "policy": policy,

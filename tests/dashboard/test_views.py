@@ -538,11 +538,14 @@ def test_queued_and_running_runs_offer_cancel_to_those_who_may_run(
     queued = make_run(task, status=TaskRun.Status.QUEUED, celery_task_id="c1")
     done = make_run(task, status=TaskRun.Status.SUCCEEDED)
     cancel = reverse("orchestrator:run-cancel", args=[queued.pk])
-    runner = client_for(make_user("runner", *VIEW, "orchestrator.run_scheduledtask"))
+    # Seeing the runs takes the permission to view them, as in the admin and the API.
+    runner = client_for(
+        make_user("runner", *VIEW, "orchestrator.view_taskrun", "orchestrator.run_scheduledtask")
+    )
     page = runner.get(detail(task)).content.decode()
     assert cancel in page
     assert reverse("orchestrator:run-cancel", args=[done.pk]) not in page
-    viewer = client_for(make_user("viewer", *VIEW))
+    viewer = client_for(make_user("viewer", *VIEW, "orchestrator.view_taskrun"))
     assert cancel not in viewer.get(detail(task)).content.decode()
     with mock.patch("celery.current_app.control.revoke"):
         assert runner.post(cancel).status_code == 302
