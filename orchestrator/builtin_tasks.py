@@ -79,7 +79,13 @@ def failure_report(
         return summary
     outcomes = send_report(report, to=to or [])
     summary["sent"] = [o.destination for o in outcomes if o.status == "sent"]
-    failed = [f"{o.destination}: {o.error}" for o in outcomes if o.status != "sent"]
+    # A rate-limited channel sends it later by itself: failing the run would send it twice.
+    deferred = [o.destination for o in outcomes if o.status == "pending"]
+    if deferred:
+        summary["deferred"] = deferred
+    failed = [
+        f"{o.destination}: {o.error}" for o in outcomes if o.status not in ("sent", "pending")
+    ]
     if failed:
         raise RuntimeError("Failure report not delivered to " + "; ".join(failed))
     return summary

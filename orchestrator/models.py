@@ -859,6 +859,13 @@ class NotificationDelivery(models.Model):
         blank=True,
         help_text="When the maintenance pass queued it again, its first message having been lost.",
     )
+    retry_at = models.DateTimeField(
+        "retry at",
+        null=True,
+        blank=True,
+        help_text="A rate-limited send: when it is tried again, as the server's Retry-After "
+        "asked.",
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

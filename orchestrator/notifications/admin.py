@@ -146,6 +146,7 @@ DELIVERY_FIELDS = (
     "suppressed_count",
     "error_text",
     "requeued_at",
+    "retry_at",
     "sent_at",
     "finished_at",
 )
