@@ -438,7 +438,8 @@ class ScheduledTask(models.Model):
     def retry_policy(self) -> RetryPolicy:
         """The task's retry policy; ValueError for fields edited around validation."""
         for name in ("retry_on", "never_retry_on"):
-            if not isinstance(getattr(self, name) or [], list):
+            value = getattr(self, name)
+            if isinstance(value, UnreadableJSON) or not isinstance(value or [], list):
                 raise ValueError(
                     f"{name} must be a list of exception class names; fix it in the admin."
                 )
@@ -863,8 +864,7 @@ class NotificationDelivery(models.Model):
         "retry at",
         null=True,
         blank=True,
-        help_text="A rate-limited send: when it is tried again, as the server's Retry-After "
-        "asked.",
+        help_text="A rate-limited send: when it is tried again, as the server's Retry-After asked.",
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     sent_at = models.DateTimeField(null=True, blank=True)

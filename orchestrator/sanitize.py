@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -148,6 +149,15 @@ class UnreadableJSON:
 
     def __repr__(self) -> str:
         return f"<JSON nested too deeply to read, {len(self.text)} characters>"
+
+    # Code that looks for a value in a JSON list (``event in channel.events``) finds nothing
+    # rather than failing; it stays truthy, so ``value or default`` does not mistake it for
+    # an empty value that could be written back.
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+    def __contains__(self, item: object) -> bool:
+        return False
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, UnreadableJSON) and other.text == self.text

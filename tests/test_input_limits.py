@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from orchestrator import dispatcher
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskRun
 from orchestrator.validators import MAX_JSON_DEPTH
-from tests.utils import make_definition, make_run, make_scheduled_task
+from tests.utils import make_channel, make_definition, make_run, make_scheduled_task
 
 pytestmark = pytest.mark.django_db
 
@@ -318,3 +318,38 @@ def test_the_admin_history_of_a_missing_task_goes_back_to_the_list(
 ) -> None:
     page = admin_web.get(reverse("admin:orchestrator_scheduledtask_history", args=[object_id]))
     assert page.status_code == 302
+
+
+def test_channel_events_nested_deeply_in_the_database_render_and_alert_nothing(
+    admin_web: Client, api: APIClient
+) -> None:
+    from orchestrator.notifications.delivery import channels_for
+
+    channel = make_channel("ops", is_default=True)
+    write_raw("orchestrator_notificationchannel", "events", channel.pk, nested_list(db_depth()))
+    task = make_scheduled_task("t")
+    pages = {
+        "admin list": admin_web.get(reverse("admin:orchestrator_notificationchannel_changelist")),
+        "admin change": admin_web.get(
+            reverse("admin:orchestrator_notificationchannel_change", args=[channel.pk])
+        ),
+        "api": api.get(reverse("orchestrator:api-channel-list")),
+        "dashboard task": admin_web.get(reverse("orchestrator:task-detail", args=[task.pk])),
+    }
+    assert {name: page.status_code for name, page in pages.items()} == dict.fromkeys(pages, 200)
+    assert pages["api"].json()["results"][0]["events"] == "(nested too deeply to show)"
+    assert channels_for(task, "failure") == []
+
+
+@pytest.mark.parametrize("field", ["retry_on", "never_retry_on"])
+def test_exception_rules_nested_deeply_in_the_database_fail_the_run_with_a_reason(
+    admin_web: Client, field: str
+) -> None:
+    task = make_scheduled_task("t")
+    write_raw("orchestrator_scheduledtask", field, task.pk, nested_list(db_depth()))
+    outcome = dispatcher.run_task(dispatcher.Attempt(task.pk))
+    assert outcome.run is not None and outcome.run.status == TaskRun.Status.FAILED
+    assert field in outcome.run.error_message
+    page = admin_web.get(reverse("admin:orchestrator_scheduledtask_change", args=[task.pk]))
+    assert page.status_code == 200
+    assert "nested too deeply to show" in page.content.decode()
