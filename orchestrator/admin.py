@@ -136,9 +136,7 @@ class HistoryAdminMixin(AuditlogHistoryAdminMixin):
         # auditlog's view fails on a missing object (a 500 for a stale or made-up id); the
         # admin's own views send the user back to the list with a message instead.
         if self.get_object(request, object_id) is None:
-            return self._get_obj_does_not_exist_redirect(
-                request, self.opts, object_id
-            )
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         return self.auditlog_history_view(request, object_id, extra_context)
 
 

@@ -125,9 +125,7 @@ def test_429_then_500_then_200_delivers_exactly_one_message(start_worker, fake_s
     assert requests[0].body == requests[2].body
 
 
-def test_a_retry_after_beyond_the_budget_is_sent_once_after_its_countdown(
-    start_worker, fake_slack
-):
+def test_a_retry_after_beyond_the_budget_is_sent_once_after_its_countdown(start_worker, fake_slack):
     # The budget is 1 s; Slack asks for 3: the worker defers the delivery through the broker.
     fake_slack.script(WEBHOOK_PATH, Reply(429, "rate_limited", {"Retry-After": "3"}))
     channel = make_channel("webhook", kind="slack", target=fake_slack.webhook_url())
