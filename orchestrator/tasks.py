@@ -13,7 +13,7 @@ import logging
 from typing import Any, NoReturn
 
 from celery import Task, shared_task
-from celery.exceptions import Ignore, TimeLimitExceeded
+from celery.exceptions import Ignore, Reject, TimeLimitExceeded
 from celery.signals import task_failure, task_revoked
 from django.db import close_old_connections, connection
 
@@ -162,7 +162,8 @@ def _send_again_for_database(task: Task, err: dispatcher.DatabaseUnavailable) ->
     same Celery id, retry count, arguments, queue, priority, expiry and time limits is sent
     with a countdown instead (not ``self.retry()``, which would count an attempt), marked
     with ``REQUEUED_HEADER``; only then is this one acknowledged (``Ignore``), so a worker
-    that dies in between leaves the original to the broker. It is sent again for as long as
+    that dies in between leaves the original to the broker. If the copy cannot be sent, this
+    one is rejected with requeue. It is sent again for as long as
     the database stays down; its expiry, if the task has one, still applies.
     """
     request = task.request
@@ -188,7 +189,17 @@ def _send_again_for_database(task: Task, err: dispatcher.DatabaseUnavailable) ->
         retries=request.retries,
         headers=headers,
     )
-    signature.apply_async()
+    try:
+        signature.apply_async()
+    except Exception as publish_error:
+        # The copy could not be sent: hand this message back to the broker instead, which
+        # delivers it again (at once) rather than lose it.
+        logger.error(
+            "Could not send Celery task %s again (%s); rejecting it back to the broker",
+            request.id,
+            publish_error,
+        )
+        raise Reject(publish_error, requeue=True) from None
     raise Ignore()
 
 

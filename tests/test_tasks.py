@@ -314,3 +314,27 @@ def test_a_copy_sent_again_takes_over_a_row_its_first_try_committed_unseen() -> 
     ghost.refresh_from_db()
     assert ghost.status == TaskRun.Status.LOST
     assert TaskRun.objects.filter(status=TaskRun.Status.SUCCEEDED).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_that_cannot_be_sent_again_is_handed_back_to_the_broker(
+    monkeypatch: pytest.MonkeyPatch, no_reconnect_sleep: None
+) -> None:
+    from celery.exceptions import Reject
+    from django.db import OperationalError
+
+    from orchestrator import dispatcher
+
+    task = make_scheduled_task("nightly")
+
+    def refused(scheduled_task_id: int) -> None:
+        raise OperationalError("connection refused")
+
+    def broker_down(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(dispatcher, "load_scheduled_task", refused)
+    monkeypatch.setattr("celery.canvas.Signature.apply_async", broker_down)
+    result = run_scheduled_task.apply(args=[task.pk])
+    assert result.state == "REJECTED"
+    assert isinstance(result.result, Reject) and result.result.requeue is True
