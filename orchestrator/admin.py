@@ -38,6 +38,7 @@ from django.utils.safestring import SafeString
 from django.utils.timesince import timeuntil
 
 from orchestrator import beat_sync, history, operations, rollups
+from orchestrator.changelist import BoundedChangeListMixin
 from orchestrator.forms import ExceptionNamesField, KwargsFormField, PauseForm
 from orchestrator.humanize import format_duration, retry_schedule
 from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun
@@ -134,6 +135,10 @@ class HistoryAdminMixin(AuditlogHistoryAdminMixin):
     def history_view(
         self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
     ) -> Any:
+        # auditlog's view fails on a missing object (a 500 for a stale or made-up id); the
+        # admin's own views send the user back to the list with a message instead.
+        if self.get_object(request, object_id) is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         return self.auditlog_history_view(request, object_id, extra_context)
 
 
@@ -141,7 +146,7 @@ class HistoryAdminMixin(AuditlogHistoryAdminMixin):
 
 
 @admin.register(TaskDefinition)
-class TaskDefinitionAdmin(HistoryAdminMixin, admin.ModelAdmin):
+class TaskDefinitionAdmin(BoundedChangeListMixin, HistoryAdminMixin, admin.ModelAdmin):
     list_display = ["name", "import_path", "category", "enabled", "scheduled_task_count"]
     list_filter = ["category", "enabled"]
     search_fields = ["name", "import_path", "category", "description"]
@@ -348,7 +353,7 @@ class ScheduledTaskForm(forms.ModelForm):
 
 
 @admin.register(ScheduledTask)
-class ScheduledTaskAdmin(HistoryAdminMixin, admin.ModelAdmin):
+class ScheduledTaskAdmin(BoundedChangeListMixin, HistoryAdminMixin, admin.ModelAdmin):
     form = ScheduledTaskForm
     list_display = [
         "name",
@@ -712,7 +717,7 @@ class EstimatedCountPaginator(Paginator):
 
 
 @admin.register(TaskRun)
-class TaskRunAdmin(admin.ModelAdmin):
+class TaskRunAdmin(BoundedChangeListMixin, admin.ModelAdmin):
     """The run history: written by the dispatcher only, so it can be viewed, never edited (an
     operator may cancel a run that has not finished)."""
 

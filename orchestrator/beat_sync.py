@@ -57,6 +57,7 @@ SYNCED_FIELDS = (
     "expires",
     "expire_seconds",
     "one_off",
+    "start_time",
     "headers",
     "description",
 )
@@ -163,6 +164,9 @@ def _desired_fields(task: ScheduledTask, transport_priority: int | None) -> dict
         "expires": None,
         "expire_seconds": task.expires,
         "one_off": False,
+        # A start time in the future holds the row back in beat: only the task's own
+        # enabled flag and pause decide when it runs.
+        "start_time": None,
         "headers": "{}",
         "description": (
             f"Managed by orchestrator for scheduled task {task.name!r} "
@@ -189,6 +193,9 @@ def _maintenance_fields() -> dict[str, Any]:
         "expires": None,
         "expire_seconds": None,
         "one_off": False,
+        # A start time in the future holds the row back in beat: only the task's own
+        # enabled flag and pause decide when it runs.
+        "start_time": None,
         "headers": "{}",
         "description": (
             "Managed by orchestrator: sends retries held in the database, marks stuck runs "
@@ -354,11 +361,11 @@ def beat_sync(
         if not dry_run:
             _lock()
         tasks = list(tasks_qs.select_related("task_definition").only(*_TASK_FIELDS).order_by("pk"))
-        ours = Q(name__startswith=NAME_PREFIX, task=RUN_SCHEDULED_TASK)
-        if full:
-            # Read in the same query, so a no-change re-sync costs no more for it.
-            ours |= Q(name=MAINTENANCE_NAME)
-        owned = PeriodicTask.objects.filter(ours).select_related("crontab")
+        # Rows are owned by name: one named after a scheduled task is that task's whatever its
+        # fields say (a hand edit of its task or arguments is put right, not taken for someone
+        # else's row that blocks the name). The maintenance entry is read in the same query, so
+        # a no-change re-sync costs no more for it.
+        owned = PeriodicTask.objects.filter(name__startswith=NAME_PREFIX).select_related("crontab")
         if not full:
             owned = owned.filter(name__in=[periodic_task_name(t.pk) for t in tasks])
         by_task: dict[int, PeriodicTask] = {}
@@ -372,7 +379,9 @@ def beat_sync(
             suffix = periodic.name[len(NAME_PREFIX) :]
             if suffix.isdigit() and int(suffix) in task_ids:
                 by_task[int(suffix)] = periodic
-            elif full:
+            elif full and periodic.task == RUN_SCHEDULED_TASK:
+                # Its scheduled task is gone. A row that only looks like ours (another task
+                # under our prefix, and no scheduled task of that id) is someone else's: kept.
                 orphans.append(periodic)
         wanted = _wanted_crontab_keys(tasks)
         crontabs = _load_crontabs(wanted, everything=full)

@@ -11,7 +11,12 @@ import importlib
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+# A task function may carry a check of its argument values (see :func:`checks_kwargs`).
+KWARGS_CHECK_ATTRIBUTE = "orchestrator_check_kwargs"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 _DOTTED_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
@@ -140,3 +145,26 @@ def check_kwargs(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
             f"The function needs positional-only argument(s) {', '.join(positional_only)}, "
             "which keyword arguments cannot fill."
         )
+    check = getattr(func, KWARGS_CHECK_ATTRIBUTE, None)
+    if check is not None:
+        try:
+            check(kwargs)
+        except (ValueError, TypeError) as err:
+            raise CallableError(str(err)) from None
+
+
+def checks_kwargs(check: Callable[[Mapping[str, Any]], None]) -> Callable[[_F], _F]:
+    """Decorate a task function with a check of its argument values.
+
+    :func:`check_kwargs` calls ``check(kwargs)`` after the signature check, so the values are
+    checked wherever the names are: when a scheduled task is saved (admin, API, commands), when
+    a run is sent with arguments of its own, and by the dispatcher before each run. ``check``
+    raises ValueError (or TypeError) with a message that names the argument and the fix; it
+    must be quick, and must not touch the database or the network.
+    """
+
+    def decorate(func: _F) -> _F:
+        setattr(func, KWARGS_CHECK_ATTRIBUTE, check)
+        return func
+
+    return decorate

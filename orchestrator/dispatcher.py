@@ -36,8 +36,15 @@ from orchestrator.prepared import PreparedGet
 from orchestrator.reconnect import CONNECTION_ERRORS, with_reconnect
 from orchestrator.redaction import redact_run_result, redact_run_text
 from orchestrator.routing import message_options, send_task_message
-from orchestrator.sanitize import error_message, error_type, json_safe_result, truncate
+from orchestrator.sanitize import (
+    UnreadableJSON,
+    error_message,
+    error_type,
+    json_safe_result,
+    truncate,
+)
 from orchestrator.task_names import RUN_SCHEDULED_TASK
+from orchestrator.validators import MAX_KWARGS_DEPTH, nested_deeper_than
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +111,16 @@ class InvalidTaskError(Exception):
     """The scheduled task's row cannot run as it stands (it was edited around validation)."""
 
 
+class DatabaseUnavailable(Exception):
+    """The database could not be reached before the attempt started.
+
+    Raised by :func:`run_task` when loading the task or writing the attempt's first row failed
+    on a dropped or refused connection (after :mod:`orchestrator.reconnect`'s tries): nothing
+    was called and nothing recorded, so the message must be delivered again, not acknowledged
+    as done. The Celery task sends it again with a countdown.
+    """
+
+
 def run_task(attempt: Attempt, *, now: Now = timezone.now) -> RunOutcome:
     """Run ``attempt`` and record it; say what the Celery task does next.
 
@@ -125,10 +142,15 @@ def run_task(attempt: Attempt, *, now: Now = timezone.now) -> RunOutcome:
     with the add to the per-task aggregates in one statement); four elsewhere, where the add is
     its own statement in the update's transaction. Signals are sent after the row is written.
     """
-    task = with_reconnect(
-        lambda: load_scheduled_task(attempt.scheduled_task_id),
-        what=f"loading scheduled task {attempt.scheduled_task_id} (attempt {attempt.number})",
-    )
+    try:
+        task = with_reconnect(
+            lambda: load_scheduled_task(attempt.scheduled_task_id),
+            what=f"loading scheduled task {attempt.scheduled_task_id} (attempt {attempt.number})",
+        )
+    except CONNECTION_ERRORS as err:
+        raise DatabaseUnavailable(
+            f"loading scheduled task {attempt.scheduled_task_id}: {err}"
+        ) from err
     if task is None:
         logger.warning(
             "Scheduled task %s no longer exists; dropping its run (attempt %s, Celery id %s)",
@@ -141,6 +163,8 @@ def run_task(attempt: Attempt, *, now: Now = timezone.now) -> RunOutcome:
         tick = _tick_of(attempt, task, now)
     except _NotToRun:
         return RunOutcome(Action.DROP, scheduled_task=task)
+    except CONNECTION_ERRORS as err:
+        raise DatabaseUnavailable(f"checking task {task.name!r}'s earlier runs: {err}") from err
     record = _Record(task, attempt, tick, now)
 
     if reason := _skip_reason(task, now):
@@ -295,6 +319,12 @@ def _prepare(
         raise InvalidTaskError(f"its retry policy is invalid: {err}") from None
     func = task.task_definition.resolve()
     kwargs = _run_kwargs(task, attempt)
+    if isinstance(kwargs, UnreadableJSON) or nested_deeper_than(kwargs, MAX_KWARGS_DEPTH):
+        raise InvalidTaskError(
+            f"its kwargs are nested more than {MAX_KWARGS_DEPTH} levels deep, which no task "
+            "needs and which cannot be read back safely; enter them again as a flatter JSON "
+            "object in the admin."
+        )
     if not isinstance(kwargs, dict):
         raise InvalidTaskError(f"kwargs must be a JSON object, not a JSON {type(kwargs).__name__}.")
     callables.check_kwargs(func, kwargs)
@@ -361,7 +391,10 @@ class _Record:
                     return self._start()
                 return self._skipped_for_overlap(running)
 
-        return with_reconnect(check_and_start, what=f"starting task {self.task.name!r}")
+        try:
+            return with_reconnect(check_and_start, what=f"starting task {self.task.name!r}")
+        except CONNECTION_ERRORS as err:
+            raise DatabaseUnavailable(f"starting task {self.task.name!r}: {err}") from err
 
     def _start(self) -> TaskRun | None:
         if self.run_id is None:
@@ -399,6 +432,7 @@ class _Record:
         assert run_id is not None  # only a run written as queued is claimed
         values = {key: value for key, value in self.base.items() if key != "scheduled_task"}
         values.update(fields)
+
         def claim() -> int:
             queued = TaskRun.objects.filter(pk=run_id, status=TaskRun.Status.QUEUED)
             if values["status"] not in rollups.COUNTED_STATUSES:
@@ -409,10 +443,18 @@ class _Record:
                     rollups.record(TaskRun(pk=run_id, scheduled_task=self.task, **values))
                 return claimed
 
-        claimed = with_reconnect(claim, what=f"starting queued run {run_id} of {self.task.name!r}")
-        if claimed:
-            return TaskRun(pk=run_id, scheduled_task=self.task, **values)
-        current = TaskRun.objects.filter(pk=run_id).first()
+        try:
+            claimed = with_reconnect(
+                claim, what=f"starting queued run {run_id} of {self.task.name!r}"
+            )
+            if claimed:
+                return TaskRun(pk=run_id, scheduled_task=self.task, **values)
+            current = with_reconnect(
+                lambda: TaskRun.objects.filter(pk=run_id).first(),
+                what=f"reading queued run {run_id} of {self.task.name!r}",
+            )
+        except CONNECTION_ERRORS as err:
+            raise DatabaseUnavailable(f"starting queued run {run_id}: {err}") from err
         if current is None:
             self.run_id = None
             return self._insert(**fields)
@@ -496,9 +538,9 @@ class _Record:
         except IntegrityError as err:
             if base["tick_key"] is None or "tick_key" not in str(err):
                 raise
-        except CONNECTION_ERRORS:
-            # Nothing is called without a row to record it in: the attempt stops here, and this
-            # line is its only trace.
+        except CONNECTION_ERRORS as err:
+            # Nothing is called without a row to record it in: the attempt stops here, and its
+            # message is delivered again (DatabaseUnavailable).
             logger.error(
                 "Could not record task %r attempt %s as %s (Celery id %s); the database is "
                 "unreachable and the function was not called",
@@ -507,7 +549,7 @@ class _Record:
                 fields["status"],
                 base["celery_task_id"] or "-",
             )
-            raise
+            raise DatabaseUnavailable(f"recording task {name!r} attempt {number}: {err}") from err
         logger.warning(
             "Task %r attempt %s for the tick of %s already has a run; dropping this duplicate "
             "(Celery id %s)",

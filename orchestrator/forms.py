@@ -9,6 +9,21 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.forms.fields import InvalidJSONInput
 
+from orchestrator.sanitize import UnreadableJSON
+from orchestrator.validators import MAX_JSON_DEPTH, nested_deeper_than, too_deep_message
+
+# Shown in the kwargs box in place of a value written around validation that is nested too
+# deeply to show: it is not JSON, so saving the form without replacing it is refused on the
+# field rather than wiping the stored value.
+TOO_DEEP_TO_SHOW = (
+    f"(These keyword arguments are nested too deeply to show, more than {MAX_JSON_DEPTH} "
+    "levels; enter them again as a flatter JSON object.)"
+)
+
+
+def _too_deep_to_show(value: Any) -> bool:
+    return isinstance(value, UnreadableJSON) or nested_deeper_than(value, MAX_JSON_DEPTH)
+
 
 class KwargsFormField(forms.JSONField):
     """Django's JSONField, made safe for the kwargs column.
@@ -16,6 +31,10 @@ class KwargsFormField(forms.JSONField):
     * JSON nested past Python's recursion limit is a form error: ``json.loads`` raises
       RecursionError (not JSONDecodeError), which Django's field lets through as a server error,
       both when cleaning and when showing the form again.
+    * JSON that parses but is nested deeper than ``MAX_JSON_DEPTH`` is refused the same way,
+      before a validator or an error message walks it.
+    * A stored value nested too deeply to encode (written straight into the database) is shown
+      as a note that is not JSON, so the page renders and saving it unchanged is refused.
     * An emptied box means no arguments (``{}``), and ``null`` is refused: Django's field turns
       both into None, which the model's validators skip and the NOT NULL column refuses (a 500).
     """
@@ -24,10 +43,12 @@ class KwargsFormField(forms.JSONField):
         try:
             converted = super().to_python(value)
         except RecursionError:
-            raise ValidationError(
-                "This JSON is nested too deeply; flatten the keyword arguments.",
-                code="invalid",
-            ) from None
+            converted = None
+            too_deep = True
+        else:
+            too_deep = nested_deeper_than(converted, MAX_JSON_DEPTH)
+        if too_deep:
+            raise ValidationError(too_deep_message(), code="invalid")
         if converted is None:
             if value in self.empty_values:
                 return {}
@@ -39,9 +60,27 @@ class KwargsFormField(forms.JSONField):
 
     def bound_data(self, data: Any, initial: Any) -> Any:
         try:
-            return super().bound_data(data, initial)
+            value = super().bound_data(data, initial)
         except RecursionError:
             return InvalidJSONInput(data)
+        if nested_deeper_than(value, MAX_JSON_DEPTH):
+            return InvalidJSONInput(data)  # shown again as typed
+        return value
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, InvalidJSONInput):
+            return value
+        if _too_deep_to_show(value):
+            return TOO_DEEP_TO_SHOW
+        return super().prepare_value(value)
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        if _too_deep_to_show(initial):
+            return True  # nothing typed can equal a value that cannot be shown
+        try:
+            return super().has_changed(initial, data)
+        except (RecursionError, ValidationError):
+            return True
 
 
 class ExceptionNamesField(forms.CharField):
@@ -57,6 +96,8 @@ class ExceptionNamesField(forms.CharField):
         super().__init__(**kwargs)
 
     def prepare_value(self, value: Any) -> Any:
+        if _too_deep_to_show(value):
+            return "(nested too deeply to show; enter the class names again)"
         if isinstance(value, list):
             return ", ".join(str(name) for name in value)
         return value
@@ -65,12 +106,17 @@ class ExceptionNamesField(forms.CharField):
         text = (super().to_python(value) or "").strip()
         if text.startswith("["):
             try:
-                return json.loads(text)
+                names = json.loads(text)
             except (ValueError, RecursionError):
+                names = None
+            # A list of names is one level deep; anything far deeper would only make the
+            # model's validator walk (and repr) it.
+            if names is None or nested_deeper_than(names, MAX_JSON_DEPTH):
                 raise ValidationError(
                     "Enter class names separated by commas, or a JSON list of them.",
                     code="invalid",
                 ) from None
+            return names
         parts = text.replace("\n", ",").split(",")
         return [name for name in (part.strip() for part in parts) if name]
 

@@ -324,7 +324,8 @@ def requeue_stale_deliveries(
     """Re-queue alerts still ``pending`` after STALE_DELIVERY_AFTER, once; then give up.
 
     A delivery stays pending only if its broker message never reached a worker (a delivery
-    itself retries for a minute at most). It is re-queued through the notification service's
+    itself retries for a minute at most), or while a server's ``Retry-After`` holds it back
+    (``retry_at``, counted from then). It is re-queued through the notification service's
     own ``enqueue``, with the alert built again from its run, and ``requeued_at`` says when.
     Still pending STALE_DELIVERY_AFTER after that, or impossible to rebuild (a report,
     or its run deleted), it is marked ``failed`` with the reason, so the delivery log never shows
@@ -346,6 +347,9 @@ def requeue_stale_deliveries(
         NotificationDelivery.objects.filter(
             status=NotificationDelivery.Status.PENDING, created_at__lte=at - STALE_DELIVERY_AFTER
         )
+        # A rate-limited delivery waits for its retry_at with a message in the broker: it is
+        # stale only once that time is well past with no worker having sent it.
+        .filter(Q(retry_at__isnull=True) | Q(retry_at__lte=at - STALE_DELIVERY_AFTER))
         .select_related("channel", "task_run__scheduled_task__task_definition")
         .order_by("created_at", "pk")[:BATCH_SIZE]
     )

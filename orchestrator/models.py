@@ -19,7 +19,9 @@ from orchestrator.notifications.events import DELIVERY_EVENT_CHOICES, Event
 from orchestrator.notifications.registry import kind_choices
 from orchestrator.notifications.validation import clean_channel
 from orchestrator.policies.retry import BackoffKind, RetryPolicy
+from orchestrator.sanitize import UnreadableJSON
 from orchestrator.validators import (
+    MAX_JSON_DEPTH,
     validate_cron,
     validate_exception_names,
     validate_import_path_shape,
@@ -69,6 +71,41 @@ __all__ = [
     "TaskState",
     "WatchdogState",
 ]
+
+
+class JSONField(models.JSONField):
+    """Django's JSONField, which still loads a row whose value is nested too deeply to decode.
+
+    ``json.loads`` raises RecursionError for text nested past Python's recursion limit, and a
+    row written so around validation (raw SQL) would then fail every query that loads it: the
+    admin, the dashboard, the API and the worker. Such a value loads as
+    :class:`~orchestrator.sanitize.UnreadableJSON`, and is written back unchanged.
+    Migrations see Django's own field: nothing changes in the database.
+    """
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        try:
+            return super().from_db_value(value, expression, connection)
+        except RecursionError:
+            return UnreadableJSON(value)
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        if isinstance(value, UnreadableJSON):
+            return value.text
+        return super().get_db_prep_value(value, connection, prepared)
+
+    def validate(self, value: Any, model_instance: Any) -> None:
+        if isinstance(value, UnreadableJSON):
+            raise ValidationError(
+                f"The stored value is nested too deeply to read (more than "
+                f"{MAX_JSON_DEPTH} levels); enter it again as flatter JSON.",
+                code="invalid",
+            )
+        super().validate(value, model_instance)
+
+    def deconstruct(self) -> Any:
+        name, _path, args, kwargs = super().deconstruct()
+        return name, "django.db.models.JSONField", args, kwargs
 
 
 class TaskDefinition(models.Model):
@@ -166,7 +203,7 @@ class ScheduledTask(models.Model):
         validators=[validate_timezone],
         help_text="IANA time zone the cron expression is read in, such as 'Europe/Paris'.",
     )
-    kwargs = models.JSONField(
+    kwargs = JSONField(
         default=dict,
         blank=True,
         validators=[validate_kwargs_object],
@@ -223,7 +260,7 @@ class ScheduledTask(models.Model):
         help_text="Seconds a run may take before the worker stops it; empty for no limit.",
     )
 
-    retry_on = models.JSONField(
+    retry_on = JSONField(
         "retry on",
         default=list,
         blank=True,
@@ -231,7 +268,7 @@ class ScheduledTask(models.Model):
         help_text='Exception classes that may be retried, such as ["ConnectionError", '
         '"requests.exceptions.Timeout"]; a class matches its subclasses. Empty: any error.',
     )
-    never_retry_on = models.JSONField(
+    never_retry_on = JSONField(
         "never retry on",
         default=list,
         blank=True,
@@ -402,6 +439,13 @@ class ScheduledTask(models.Model):
             self.save(update_fields=["paused", "pause_reason", "paused_until", "updated_at"])
 
     def retry_policy(self) -> RetryPolicy:
+        """The task's retry policy; ValueError for fields edited around validation."""
+        for name in ("retry_on", "never_retry_on"):
+            value = getattr(self, name)
+            if isinstance(value, UnreadableJSON) or not isinstance(value or [], list):
+                raise ValueError(
+                    f"{name} must be a list of exception class names; fix it in the admin."
+                )
         return RetryPolicy(
             max_retries=self.max_retries,
             backoff=BackoffKind(self.retry_backoff),
@@ -500,7 +544,7 @@ class TaskRun(models.Model):
     started_at = models.DateTimeField(default=timezone.now, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration = models.DurationField(null=True, blank=True)
-    result = models.JSONField(null=True, blank=True)
+    result = JSONField(null=True, blank=True)
     error_type = models.CharField(max_length=255, blank=True)
     error_message = models.TextField(blank=True)
     traceback = models.TextField(blank=True)
@@ -542,7 +586,7 @@ class TaskRun(models.Model):
     # lost attempts (which step aside so the redelivered message can record its own), hold NULL,
     # and every database lets NULLs repeat in a unique column.
     tick_key = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
-    kwargs_override = models.JSONField(
+    kwargs_override = JSONField(
         "kwargs override",
         null=True,
         blank=True,
@@ -826,7 +870,7 @@ class NotificationChannel(models.Model):
         help_text="Slack: an incoming-webhook URL, or a channel name/ID (bot token from "
         "settings). Email: addresses separated by commas.",
     )
-    events = models.JSONField(
+    events = JSONField(
         default=default_channel_events,
         blank=True,
         help_text="Events sent here: retry, failure, recovery, report.",
@@ -928,6 +972,12 @@ class NotificationDelivery(models.Model):
         null=True,
         blank=True,
         help_text="When the maintenance pass queued it again, its first message having been lost.",
+    )
+    retry_at = models.DateTimeField(
+        "retry at",
+        null=True,
+        blank=True,
+        help_text="A rate-limited send: when it is tried again, as the server's Retry-After asked.",
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     sent_at = models.DateTimeField(null=True, blank=True)

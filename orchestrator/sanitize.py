@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -131,3 +132,50 @@ def mask_secret_values(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, list):
         return [mask_secret_values(item, _depth + 1) for item in value]
     return value
+
+
+class UnreadableJSON:
+    """A JSON column's stored text that cannot be decoded (nested past the recursion limit).
+
+    Only a value written around validation (raw SQL) gets here. It stands in for the value so
+    that the row still loads: pages say it cannot be shown, validation refuses it, the
+    dispatcher records a failed run, and saving the row unchanged writes the same text back.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"<JSON nested too deeply to read, {len(self.text)} characters>"
+
+    # Code that looks for a value in a JSON list (``event in channel.events``) finds nothing
+    # rather than failing; it stays truthy, so ``value or default`` does not mistake it for
+    # an empty value that could be written back.
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+    def __contains__(self, item: object) -> bool:
+        return False
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnreadableJSON) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def json_preview(value: Any, limit: int, *, indent: int | None = None) -> str:
+    """``value`` as JSON text (keys sorted) within ``limit`` characters, for a page to show.
+
+    A value that cannot be encoded (unreadable in the database, nested past the recursion
+    limit, not JSON) is described instead: a page must never fail on a stored value.
+    """
+    if isinstance(value, UnreadableJSON):
+        return "(nested too deeply to show)"
+    try:
+        text = json.dumps(value, sort_keys=True, indent=indent, cls=DjangoJSONEncoder)
+    except (TypeError, ValueError, RecursionError):
+        return truncate(f"(cannot be shown as JSON: {safe_repr(value)})", limit)
+    return truncate(text, limit)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task, shared_task
-from celery.exceptions import TimeLimitExceeded
+from celery.exceptions import Ignore, Reject, TimeLimitExceeded
 from celery.signals import task_failure, task_revoked
 from django.db import close_old_connections, connection
 
@@ -33,6 +33,12 @@ from orchestrator.routing import message_options
 from orchestrator.task_names import RUN_MAINTENANCE, RUN_SCHEDULED_TASK
 
 logger = logging.getLogger(__name__)
+
+# A run whose message arrived while the database was unreachable is sent again this many
+# seconds later (after the dispatcher's own reconnect tries, about 7.5 s), until it can start.
+DATABASE_REQUEUE_COUNTDOWN = 10.0
+# Marks the copy sent again that way: the worker treats it as delivered again.
+REQUEUED_HEADER = "orchestrator_requeued"
 
 
 @shared_task(bind=True, name=RUN_SCHEDULED_TASK, acks_late=True, reject_on_worker_lost=True)
@@ -73,14 +79,19 @@ def run_scheduled_task(
         celery_task_id=request.id or "",
         worker=request.hostname or "",
         queue=delivery.get("routing_key") or "",
-        redelivered=bool(delivery.get("redelivered")),
+        # A message sent again because the database was down counts as delivered again: a row
+        # its first try may have committed unseen is taken over, not duplicated.
+        redelivered=bool(delivery.get("redelivered")) or _header(request, REQUEUED_HEADER),
         scheduled_for=dt.datetime.fromisoformat(scheduled_for) if scheduled_for else None,
         from_beat=_sent_by_beat(request),
         run_id=run_id if request.retries == 0 else None,
         kwargs_override=kwargs_override,
         triggered_by=triggered_by,
     )
-    outcome = dispatcher.run_task(attempt)
+    try:
+        outcome = dispatcher.run_task(attempt)
+    except dispatcher.DatabaseUnavailable as err:
+        _send_again_for_database(self, err)
     if outcome.action is Action.RETRY:
         task = outcome.scheduled_task
         run = outcome.run
@@ -131,8 +142,65 @@ def run_maintenance() -> dict[str, int]:
 
 def _sent_by_beat(request: Any) -> bool:
     """Whether django-celery-beat sent this message (its ModelEntry adds this header)."""
+    return _header(request, "periodic_task_name")
+
+
+def _header(request: Any, name: str) -> bool:
+    """Whether the message carries the custom header ``name`` (Celery makes custom headers
+    attributes of the request; older protocols keep them in ``request.headers``)."""
     headers = getattr(request, "headers", None) or {}
-    return bool(getattr(request, "periodic_task_name", None) or headers.get("periodic_task_name"))
+    return bool(getattr(request, name, None) or headers.get(name))
+
+
+def _send_again_for_database(task: Task, err: dispatcher.DatabaseUnavailable) -> NoReturn:
+    """Send this very message again in ``DATABASE_REQUEUE_COUNTDOWN`` seconds; acknowledge
+    this copy.
+
+    The database was unreachable before the attempt started, so nothing ran and nothing was
+    recorded. Acknowledging the message as done would lose the run; rejecting it with requeue
+    would hand it straight back (RabbitMQ) while the database is still down. A copy with the
+    same Celery id, retry count, arguments, queue, priority, expiry and time limits is sent
+    with a countdown instead (not ``self.retry()``, which would count an attempt), marked
+    with ``REQUEUED_HEADER``; only then is this one acknowledged (``Ignore``), so a worker
+    that dies in between leaves the original to the broker. If the copy cannot be sent, this
+    one is rejected with requeue. It is sent again for as long as
+    the database stays down; its expiry, if the task has one, still applies.
+    """
+    request = task.request
+    delivery = request.delivery_info or {}
+    headers = dict(request.headers or {})
+    beat_entry = getattr(request, "periodic_task_name", None)
+    if beat_entry:
+        headers["periodic_task_name"] = beat_entry
+    headers[REQUEUED_HEADER] = True
+    logger.error(
+        "The database is unreachable (%s); scheduled task %s attempt %s was not started and "
+        "is sent again in %s s (Celery id %s)",
+        err,
+        request.args[0] if request.args else "-",
+        request.retries + 1,
+        DATABASE_REQUEUE_COUNTDOWN,
+        request.id,
+    )
+    signature = task.signature_from_request(
+        request,
+        queue=delivery.get("routing_key") or _default_queue(task),
+        countdown=DATABASE_REQUEUE_COUNTDOWN,
+        retries=request.retries,
+        headers=headers,
+    )
+    try:
+        signature.apply_async()
+    except Exception as publish_error:
+        # The copy could not be sent: hand this message back to the broker instead, which
+        # delivers it again (at once) rather than lose it.
+        logger.error(
+            "Could not send Celery task %s again (%s); rejecting it back to the broker",
+            request.id,
+            publish_error,
+        )
+        raise Reject(publish_error, requeue=True) from None
+    raise Ignore()
 
 
 def _default_queue(task: Task) -> str:

@@ -16,6 +16,34 @@ MAX_EXCEPTION_RULES = 50
 # Deeper keyword arguments are a mistake or an attack, and near Python's recursion limit they
 # break json.dumps wherever they are saved or shown.
 MAX_KWARGS_DEPTH = 32
+# Every JSON value the edges accept (kwargs, event lists, exception names) is held to the same
+# depth: none needs more, and a shallow value is one every page, log line and repr() can show.
+MAX_JSON_DEPTH = MAX_KWARGS_DEPTH
+# The widest integer every supported database stores (a signed 64-bit BIGINT). SQLite's driver
+# raises OverflowError for a wider one: filter values are checked against it first.
+MAX_DATABASE_INTEGER = 2**63 - 1
+_WHOLE_NUMBER = re.compile(r"\s*[+-]?\d+\s*")
+
+
+def fits_database_integer(text: str) -> bool:
+    """Whether ``text``, if it is a whole number, is one every supported database can compare.
+
+    Text that is not a whole number is not this function's business: it says True.
+    """
+    if not _WHOLE_NUMBER.fullmatch(text):
+        return True
+    return abs(int(text)) <= MAX_DATABASE_INTEGER
+
+
+def parse_id(text: str) -> int:
+    """``text`` as a row id (a whole number from 1 to ``MAX_DATABASE_INTEGER``); ValueError
+    otherwise, including for numbers too large for the database."""
+    if not _WHOLE_NUMBER.fullmatch(text):
+        raise ValueError(f"{text!r} is not a whole number")
+    value = int(text)
+    if not 1 <= value <= MAX_DATABASE_INTEGER:
+        raise ValueError(f"{value} is not between 1 and {MAX_DATABASE_INTEGER}")
+    return value
 
 
 def validate_import_path_shape(value: str) -> None:
@@ -50,6 +78,29 @@ def validate_kwargs_object(value: Any) -> None:
     _validate_storable_json(value)
 
 
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` (decoded JSON) has lists or objects nested more than ``limit`` deep.
+
+    Iterative, so it answers for values nested far past Python's recursion limit (a row written
+    straight into the database), where ``json.dumps`` and ``repr`` raise RecursionError.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def too_deep_message(limit: int = MAX_JSON_DEPTH) -> str:
+    """What the edges say about JSON nested deeper than ``limit`` levels."""
+    return f"This JSON is nested too deeply (more than {limit} levels); flatten it."
+
+
 def _validate_storable_json(value: Any) -> None:
     """Refuse JSON that parses but cannot be stored or shown.
 
@@ -62,8 +113,8 @@ def _validate_storable_json(value: Any) -> None:
         item, depth = stack.pop()
         if depth > MAX_KWARGS_DEPTH:
             raise ValidationError(
-                f"Keyword arguments are nested more than {MAX_KWARGS_DEPTH} levels deep; "
-                "flatten them.",
+                f"Keyword arguments are nested too deeply (more than {MAX_KWARGS_DEPTH} "
+                "levels); flatten them.",
                 code="kwargs",
             )
         if isinstance(item, dict):

@@ -121,7 +121,7 @@ TASK_CASES = [
     Bad("kwargs", {}, "Missing required argument(s): a", id="kwargs-missing"),
     Bad("kwargs", {"a": 1, "zzz": 2}, "Unknown argument(s) zzz", id="kwargs-unknown"),
     Bad("kwargs", {"a": "x\x00y"}, "Remove the NUL character", id="kwargs-nul"),
-    Bad("kwargs", {"a": DEEP}, "nested more than 32 levels deep", id="kwargs-deep"),
+    Bad("kwargs", {"a": DEEP}, "nested too deeply (more than 32 levels)", id="kwargs-deep"),
     Bad(
         "kwargs",
         None,

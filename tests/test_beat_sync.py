@@ -230,7 +230,11 @@ def test_command_reports_what_it_did(capsys):
 def test_duplicate_crontab_rows_made_elsewhere_do_not_break_the_sync():
     for _ in range(2):
         CrontabSchedule.objects.create(
-            minute="7", hour="*", day_of_month="*", month_of_year="*", day_of_week="*",
+            minute="7",
+            hour="*",
+            day_of_month="*",
+            month_of_year="*",
+            day_of_week="*",
             timezone="UTC",
         )
     task = make_scheduled_task("dupes", cron="7 * * * *")
@@ -351,3 +355,75 @@ def test_an_invalid_maintenance_schedule_is_reported_and_the_tasks_still_sync(se
     assert [error.name for error in report.errors] == [MAINTENANCE_NAME]
     assert report.created == 1
     assert not PeriodicTask.objects.filter(name=MAINTENANCE_NAME).exists()
+
+
+# --- rows are owned by name ---------------------------------------------------------------------
+
+HAND_EDITS = {
+    "task": "someone.elses.task",
+    "args": "[1, 2]",
+    "kwargs": '{"x": 1}',
+    "enabled": False,
+    "queue": "elsewhere",
+    "one_off": True,
+    "headers": '{"x": "y"}',
+}
+
+
+@pytest.mark.parametrize("edit", sorted(HAND_EDITS))
+def test_a_periodic_task_edited_by_hand_is_restored_by_a_full_sync(edit):
+    task = make_scheduled_task("owned")
+    beat_sync()  # the maintenance entry too
+    PeriodicTask.objects.filter(pk=periodic_of(task).pk).update(**{edit: HAND_EDITS[edit]})
+    report = beat_sync()
+    assert (report.errors, report.created, report.updated) == ([], 0, 1)
+    periodic = periodic_of(task)
+    assert (periodic.task, periodic.args, periodic.kwargs) == (
+        RUN_SCHEDULED_TASK,
+        json.dumps([task.pk]),
+        "{}",
+    )
+    assert (periodic.enabled, periodic.queue, periodic.one_off, periodic.headers) == (
+        True,
+        None,
+        False,
+        "{}",
+    )
+    assert PeriodicTask.objects.filter(name=periodic_task_name(task.pk)).count() == 1
+
+
+def test_a_periodic_task_whose_task_was_edited_is_restored_when_its_scheduled_task_is_saved():
+    task = make_scheduled_task("owned")
+    PeriodicTask.objects.filter(pk=periodic_of(task).pk).update(task="someone.elses.task")
+    task.description = "saved again"
+    task.save()
+    assert periodic_of(task).task == RUN_SCHEDULED_TASK
+
+
+def test_a_start_time_set_by_hand_is_cleared():
+    import datetime as dt
+
+    from django.utils import timezone
+
+    task = make_scheduled_task("owned")
+    beat_sync()
+    later = timezone.now() + dt.timedelta(days=30)
+    PeriodicTask.objects.filter(pk=periodic_of(task).pk).update(start_time=later)
+    assert beat_sync().updated == 1
+    assert periodic_of(task).start_time is None
+
+
+def test_restoring_a_hand_edited_row_keeps_the_query_count_of_a_sync_with_changes():
+    tasks = [make_scheduled_task(f"t{n}") for n in range(3)]
+    beat_sync()
+
+    def queries_to_restore(count: int) -> int:
+        PeriodicTask.objects.filter(
+            name__in=[periodic_task_name(t.pk) for t in tasks[:count]]
+        ).update(task="someone.elses.task")
+        with CaptureQueriesContext(connection) as captured:
+            report = beat_sync()
+        assert report.updated == count
+        return len(captured)
+
+    assert queries_to_restore(1) == queries_to_restore(3)

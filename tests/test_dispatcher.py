@@ -18,7 +18,7 @@ from django.utils import timezone
 from freezegun import freeze_time
 
 from orchestrator import dispatcher, reconnect, rollups, signals
-from orchestrator.dispatcher import Action, Attempt, run_task
+from orchestrator.dispatcher import Action, Attempt, DatabaseUnavailable, run_task
 from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun, TaskState
 from tests.utils import make_run, make_scheduled_task
 
@@ -798,9 +798,11 @@ def test_a_run_that_cannot_be_recorded_at_all_never_calls_the_function(
     )
     failing_saves(monkeypatch, lambda n: True)
 
-    with pytest.raises(OperationalError):
+    # Raised for the Celery task, which sends the message again rather than lose the run.
+    with pytest.raises(DatabaseUnavailable) as raised:
         run_task(Attempt(task.pk, celery_task_id="c1"))
 
+    assert isinstance(raised.value.__cause__, OperationalError)
     assert not log.exists()
     assert len(sleeps) == 4
     assert (
@@ -815,7 +817,7 @@ def test_inside_a_callers_transaction_a_dropped_connection_is_not_retried(
     task = make_scheduled_task("add", "tests.sample_tasks.add", kwargs={"a": 1})
     calls = failing_saves(monkeypatch, lambda n: n == 1)
 
-    with pytest.raises(OperationalError):
+    with pytest.raises(DatabaseUnavailable):
         run_task(Attempt(task.pk))
 
     assert (calls, sleeps) == ([1], [])
@@ -1010,3 +1012,23 @@ def test_the_retry_of_a_cancelled_run_is_dropped_uncalled() -> None:
     outcome = run_task(Attempt(task.pk, number=2, celery_task_id="c1"))
     assert outcome.action is Action.DROP
     assert TaskRun.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_that_cannot_be_loaded_raises_database_unavailable(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], tmp_path: Path
+) -> None:
+    log = tmp_path / "calls.log"
+    task = make_scheduled_task(
+        "record", "tests.sample_tasks.record", kwargs={"log_file": str(log), "label": "ran"}
+    )
+
+    def refused(scheduled_task_id: int) -> None:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(dispatcher, "load_scheduled_task", refused)
+    with pytest.raises(DatabaseUnavailable, match="loading scheduled task"):
+        run_task(Attempt(task.pk, celery_task_id="c1"))
+    assert len(sleeps) == 4  # the reconnect tries came first
+    assert not log.exists()
+    assert not TaskRun.objects.exists()

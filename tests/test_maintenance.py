@@ -584,3 +584,25 @@ def test_a_run_still_queued_hours_later_is_marked_lost() -> None:
     recent.refresh_from_db()
     assert (report.queued_runs_lost, old.status, recent.status) == (1, "lost", "queued")
     assert old.error_message.startswith("Never started")
+
+
+def test_a_rate_limited_alert_is_left_to_its_countdown_then_requeued_once_if_lost(
+    queued, django_capture_on_commit_callbacks
+) -> None:
+    # Queued an hour ago, rate limited since: Slack asked to wait until NOW + 10 min.
+    retry_at = NOW + dt.timedelta(minutes=10)
+    delivery = pending_delivery(minutes_ago=60, retry_at=retry_at)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        # Its countdown message is in the broker: neither re-sent nor given up meanwhile.
+        for moment in (NOW, retry_at, retry_at + dt.timedelta(minutes=4)):
+            assert requeue_stale_deliveries(now=at(moment)).changed is False
+        # Well past its time and still pending: that message was lost; re-queued once.
+        late = requeue_stale_deliveries(now=at(retry_at + dt.timedelta(minutes=5)))
+    assert late.deliveries_requeued == 1
+    assert queued.call_count == 1
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.requeued_at) == (
+        NotificationDelivery.Status.PENDING,
+        retry_at + dt.timedelta(minutes=5),
+    )

@@ -51,7 +51,7 @@ def test_the_rollups_migration_counts_the_history_that_exists() -> None:
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
-    rollups_migration = ("orchestrator", "0009_rollups")
+    rollups_migration = ("orchestrator", "0008_rollups")
     executor = MigrationExecutor(connection)
     before = sorted(executor.loader.graph.node_map[rollups_migration].parents)[0].key
     leaves = executor.loader.graph.leaf_nodes("orchestrator")

@@ -19,6 +19,7 @@ from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 from rest_framework.test import APIClient
 
+from orchestrator import access
 from orchestrator.models import (
     NotificationChannel,
     ScheduledTask,
@@ -549,3 +550,69 @@ def test_the_matrix_covers_every_action_and_endpoint() -> None:
     }
     prefixes = {prefix for prefix, _, _ in router.registry}
     assert prefixes == {"task-definitions", "scheduled-tasks", "runs", "channels"}
+
+
+# --- run errors: one rule for the dashboard and the API ---------------------------------------
+
+SECRET_ERROR = "refused by db.internal:5432 for user payroll"
+
+
+def user_with(*perms: str) -> User:
+    user = User.objects.create_user("-".join(perms) or "staff", password="pw", is_staff=True)
+    for perm in perms:
+        user.user_permissions.add(Permission.objects.get(codename=perm))
+    return user
+
+
+@pytest.mark.parametrize(
+    ("perms", "sees_runs"),
+    [
+        (("view_scheduledtask",), False),
+        (("change_scheduledtask",), False),
+        (("view_scheduledtask", "view_taskrun"), True),
+        (("view_scheduledtask", "change_taskrun"), True),
+    ],
+)
+def test_run_errors_are_shown_by_the_same_rule_on_the_dashboard_and_in_the_api(
+    perms: tuple[str, ...], sees_runs: bool
+) -> None:
+    task = make_scheduled_task("nightly", cron="0 3 * * *")
+    make_run(task, status=TaskRun.Status.FAILED, error_message=SECRET_ERROR)
+    user = user_with(*perms)
+    assert access.can_view_runs(user) is sees_runs
+
+    web = Client()
+    web.force_login(user)
+    pages = [
+        web.get(reverse("orchestrator:dashboard")),
+        web.get(reverse("orchestrator:task-detail", args=[task.pk])),
+    ]
+    assert [page.status_code for page in pages] == [200, 200]
+    assert [SECRET_ERROR in page.content.decode() for page in pages] == [sees_runs, sees_runs]
+
+    client = APIClient()
+    client.force_authenticate(user)
+    runs = client.get(reverse("orchestrator:api-run-list"))
+    assert runs.status_code == (200 if sees_runs else 403)
+
+
+def test_the_dashboard_and_the_api_ask_the_same_helper(monkeypatch: pytest.MonkeyPatch) -> None:
+    task = make_scheduled_task("nightly", cron="0 3 * * *")
+    make_run(task, status=TaskRun.Status.FAILED, error_message=SECRET_ERROR)
+    user = user_with("view_scheduledtask", "view_taskrun")
+    asked: list[Any] = []
+
+    def refuse(who: Any) -> bool:
+        asked.append(who)
+        return False
+
+    monkeypatch.setattr("orchestrator.dashboard.views.can_view_runs", refuse)
+    monkeypatch.setattr("orchestrator.api.permissions.can_view_runs", refuse)
+    web = Client()
+    web.force_login(user)
+    page = web.get(reverse("orchestrator:task-detail", args=[task.pk]))
+    assert SECRET_ERROR not in page.content.decode()
+    client = APIClient()
+    client.force_authenticate(user)
+    assert client.get(reverse("orchestrator:api-run-list")).status_code == 403
+    assert len(asked) == 2

@@ -250,3 +250,94 @@ def test_the_tick_stamped_on_a_beat_message_is_the_runs_tick() -> None:
             headers={"periodic_task_name": f"orchestrator:{task.pk}"},
         )
     assert TaskRun.objects.get().scheduled_for == tick
+
+
+# --- the database unreachable before an attempt starts -----------------------------------------
+
+
+@pytest.fixture
+def no_reconnect_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import reconnect
+
+    monkeypatch.setattr(reconnect, "sleep", lambda seconds: None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_the_database_could_not_start_is_sent_again_not_acknowledged_as_done(
+    monkeypatch: pytest.MonkeyPatch, no_reconnect_sleep: None
+) -> None:
+    from django.db import OperationalError
+
+    from orchestrator import dispatcher
+    from orchestrator.tasks import DATABASE_REQUEUE_COUNTDOWN, REQUEUED_HEADER
+
+    task = make_scheduled_task("nightly")
+
+    def refused(scheduled_task_id: int) -> None:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(dispatcher, "load_scheduled_task", refused)
+    sent: list[Any] = []
+    monkeypatch.setattr(
+        "celery.canvas.Signature.apply_async", lambda self, *a, **kw: sent.append(self)
+    )
+    result = run_scheduled_task.apply(
+        args=[task.pk],
+        kwargs={"trigger": "manual", "run_id": 7},
+        task_id="celery-1",
+        headers={"periodic_task_name": f"orchestrator:{task.pk}"},
+    )
+
+    assert result.state == "IGNORED"  # this copy is acknowledged; the one sent again runs
+    (copy,) = sent
+    assert copy.args == (task.pk,) or list(copy.args) == [task.pk]
+    assert copy.kwargs == {"trigger": "manual", "run_id": 7}
+    options = copy.options
+    assert options["task_id"] == "celery-1"
+    assert options["countdown"] == DATABASE_REQUEUE_COUNTDOWN
+    assert options["retries"] == 0  # not an attempt of its own
+    assert options["queue"] == "celery"
+    assert options["headers"][REQUEUED_HEADER] is True
+    assert options["headers"]["periodic_task_name"] == f"orchestrator:{task.pk}"
+    assert not TaskRun.objects.exists()
+
+
+def test_a_copy_sent_again_takes_over_a_row_its_first_try_committed_unseen() -> None:
+    from orchestrator.tasks import REQUEUED_HEADER
+
+    task = make_scheduled_task("nightly")
+    # The first try's INSERT was committed, but its answer was lost with the connection.
+    ghost = make_run(task, status=TaskRun.Status.RUNNING, celery_task_id="celery-1")
+
+    result = run_scheduled_task.apply(
+        args=[task.pk], task_id="celery-1", headers={REQUEUED_HEADER: True}
+    )
+
+    assert result.get()["status"] == "succeeded"
+    ghost.refresh_from_db()
+    assert ghost.status == TaskRun.Status.LOST
+    assert TaskRun.objects.filter(status=TaskRun.Status.SUCCEEDED).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_that_cannot_be_sent_again_is_handed_back_to_the_broker(
+    monkeypatch: pytest.MonkeyPatch, no_reconnect_sleep: None
+) -> None:
+    from celery.exceptions import Reject
+    from django.db import OperationalError
+
+    from orchestrator import dispatcher
+
+    task = make_scheduled_task("nightly")
+
+    def refused(scheduled_task_id: int) -> None:
+        raise OperationalError("connection refused")
+
+    def broker_down(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(dispatcher, "load_scheduled_task", refused)
+    monkeypatch.setattr("celery.canvas.Signature.apply_async", broker_down)
+    result = run_scheduled_task.apply(args=[task.pk])
+    assert result.state == "REJECTED"
+    assert isinstance(result.result, Reject) and result.result.requeue is True

@@ -13,6 +13,8 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission, DjangoModel
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from orchestrator.access import can_view_runs
+
 RUN_PERMISSION = "orchestrator.run_scheduledtask"
 CHANGE_PERMISSION = "orchestrator.change_scheduledtask"
 
@@ -51,3 +53,13 @@ class CanChangeScheduledTask(BasePermission):
     def has_permission(self, request: Request, view: APIView) -> bool:
         user: Any = request.user
         return bool(user and user.is_authenticated and user.has_perm(CHANGE_PERMISSION))
+
+
+class RunPermissions(ModelPermissions):
+    """The run history: reading it follows :func:`orchestrator.access.can_view_runs`, the rule
+    the dashboard applies to its run history and recent failures."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        if request.method in SAFE_METHODS:
+            return can_view_runs(request.user)
+        return super().has_permission(request, view)

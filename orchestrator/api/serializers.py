@@ -20,6 +20,8 @@ from rest_framework.settings import api_settings
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition, TaskRun
 from orchestrator.notifications.redact import redact
 from orchestrator.notifications.registry import mask_target
+from orchestrator.sanitize import UnreadableJSON
+from orchestrator.validators import MAX_JSON_DEPTH, nested_deeper_than, too_deep_message
 
 
 def as_drf_error(err: DjangoValidationError) -> serializers.ValidationError:
@@ -33,12 +35,53 @@ def as_drf_error(err: DjangoValidationError) -> serializers.ValidationError:
     return serializers.ValidationError(detail)
 
 
+# Deeper than this, a stored value is not shown: Python's JSON encoder recurses, and a response
+# is rendered with a few hundred frames on the stack already.
+MAX_SHOWN_JSON_DEPTH = 200
+NOT_SHOWN = "(nested too deeply to show)"
+
+
+class JSONField(serializers.JSONField):
+    """DRF's JSONField, with JSON nested deeper than ``MAX_JSON_DEPTH`` refused on the field.
+
+    A JSON request body nested past Python's recursion limit is refused by the parser; the same
+    value sent as form data or multipart reaches this field as text, where ``json.loads`` raises
+    RecursionError (DRF catches only ValueError: a 500). Anything that decodes but is nested
+    deeper than any of our JSON fields needs is refused too, before a validator or an error
+    message walks it.
+    """
+
+    default_error_messages = {"too_deep": too_deep_message()}
+
+    def to_representation(self, value: Any) -> Any:
+        # A stored value that cannot be decoded, or encoded again (written around validation):
+        # said in words, so that the response renders.
+        if isinstance(value, UnreadableJSON) or nested_deeper_than(value, MAX_SHOWN_JSON_DEPTH):
+            return NOT_SHOWN
+        return super().to_representation(value)
+
+    def to_internal_value(self, data: Any) -> Any:
+        try:
+            value = super().to_internal_value(data)
+        except RecursionError:
+            self.fail("too_deep")
+        if nested_deeper_than(value, MAX_JSON_DEPTH):
+            self.fail("too_deep")
+        return value
+
+
 class FullCleanModelSerializer(serializers.ModelSerializer):
     """A ModelSerializer whose ``validate()`` runs the model's ``full_clean()``.
 
     The instance being validated is a copy, so a refused update leaves the original untouched.
-    Many-to-many values are left out: ``full_clean()`` does not look at them.
+    Many-to-many values are left out: ``full_clean()`` does not look at them. JSON columns use
+    the depth-checked :class:`JSONField`.
     """
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.JSONField: JSONField,
+    }
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
@@ -140,6 +183,8 @@ class ScheduledTaskSerializer(FullCleanModelSerializer):
 
 
 class TaskRunSerializer(serializers.ModelSerializer):
+    serializer_field_mapping = FullCleanModelSerializer.serializer_field_mapping
+
     class Meta:
         model = TaskRun
         fields = [
@@ -230,7 +275,7 @@ class RunAcceptedSerializer(serializers.Serializer):
 class RunRequestSerializer(serializers.Serializer):
     """The optional body of ``POST scheduled-tasks/<id>/run/``."""
 
-    kwargs = serializers.JSONField(
+    kwargs = JSONField(
         required=False,
         help_text="Keyword arguments for this run only, in place of the task's, checked "
         "against the function's signature.",

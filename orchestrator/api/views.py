@@ -31,6 +31,7 @@ from orchestrator.api.permissions import (
     CanChangeScheduledTask,
     CanRunScheduledTask,
     ModelPermissions,
+    RunPermissions,
 )
 from orchestrator.api.schema import ViewSchema
 from orchestrator.api.serializers import (
@@ -46,6 +47,7 @@ from orchestrator.api.serializers import (
     as_drf_error,
 )
 from orchestrator.models import NotificationChannel, ScheduledTask, TaskDefinition, TaskRun
+from orchestrator.validators import MAX_DATABASE_INTEGER, parse_id
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +131,6 @@ class OrchestratorViewSet(viewsets.GenericViewSet):
         except ProtectedError as err:
             used_by = ", ".join(sorted(str(obj) for obj in err.protected_objects)[:10])
             raise Conflict(f"“{instance}” is still used by: {used_by}.") from None
-
 
     def changes(self) -> Any:
         return history.changes_by(self.request.user, history.Source.API)
@@ -276,6 +277,7 @@ class TaskRunViewSet(OrchestratorViewSet, viewsets.ReadOnlyModelViewSet):
     """The run history, newest first (read-only: the workers write it)."""
 
     serializer_class = TaskRunSerializer
+    permission_classes = [RunPermissions]
     pagination_class = RunPagination
     schema_overrides = {
         "list": {"parameters": RUN_FILTERS},
@@ -311,10 +313,15 @@ class TaskRunViewSet(OrchestratorViewSet, viewsets.ReadOnlyModelViewSet):
         params = self.request.query_params
         if params.get("scheduled_task"):
             try:
-                runs = runs.filter(scheduled_task=int(params["scheduled_task"]))
+                runs = runs.filter(scheduled_task=parse_id(params["scheduled_task"]))
             except ValueError:
+                # A number too large for the database is refused here too: SQLite's driver
+                # raises OverflowError for it (a 500), other databases match nothing.
                 raise exceptions.ValidationError(
-                    {"scheduled_task": "Enter the id of a scheduled task (a whole number)."}
+                    {
+                        "scheduled_task": "Enter the id of a scheduled task (a whole number from "
+                        f"1 to {MAX_DATABASE_INTEGER})."
+                    }
                 ) from None
         statuses = [s for s in params.getlist("status") if s]
         if statuses:

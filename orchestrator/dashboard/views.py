@@ -30,18 +30,18 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST, require_safe
 
 from orchestrator import charts, history, metrics, operations, watchdog
+from orchestrator.access import can_view_runs, can_view_scheduled_tasks
 from orchestrator.conf import conf
 from orchestrator.dashboard import stats
 from orchestrator.forms import PauseForm, RunWithArgumentsForm
 from orchestrator.humanize import format_duration, retry_schedule
 from orchestrator.models import ScheduledTask, TaskRun
 from orchestrator.notifications.registry import mask_target
-from orchestrator.sanitize import truncate
+from orchestrator.sanitize import UnreadableJSON, json_preview
 from orchestrator.scheduler.status import scheduler_status
 
 logger = logging.getLogger(__name__)
 
-VIEW_PERMS = ("orchestrator.view_scheduledtask", "orchestrator.change_scheduledtask")
 RUN_PERM = "orchestrator.run_scheduledtask"
 CHANGE_PERM = "orchestrator.change_scheduledtask"
 RUNS_PER_PAGE = 50
@@ -59,7 +59,7 @@ KWARGS_SHOWN = 2000
 
 def can_view(user: Any) -> bool:
     # The admin lets a user with the change permission view too; so does the dashboard.
-    return any(user.has_perm(perm) for perm in VIEW_PERMS)
+    return can_view_scheduled_tasks(user)
 
 
 def _require(allowed: bool) -> None:
@@ -135,6 +135,8 @@ def overview(request: HttpRequest) -> HttpResponse:
         enabled=_filter_value(request, "enabled"),
     )
     now = timezone.now()
+    # Run errors follow the API's rule for the run history (orchestrator.access).
+    show_runs = can_view_runs(request.user)
     page = Paginator(stats.overview_tasks(filters), TASKS_PER_PAGE).get_page(
         request.GET.get("page")
     )
@@ -173,7 +175,8 @@ def overview(request: HttpRequest) -> HttpResponse:
         "filters": filters,
         "choices": stats.filter_choices(),
         "status_choices": [*TaskRun.Status.choices, (stats.NEVER_RUN, "Never run")],
-        "failures": list(stats.recent_failures(stats.overview_tasks(filters))),
+        "can_view_runs": show_runs,
+        "failures": list(stats.recent_failures(stats.overview_tasks(filters))) if show_runs else [],
         "can_run": request.user.has_perm(RUN_PERM),
         "can_change": request.user.has_perm(CHANGE_PERM),
         "admin_url": _admin_url("orchestrator_scheduledtask_changelist"),
@@ -197,6 +200,8 @@ def task_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def _editable_kwargs(task: ScheduledTask) -> str:
     """The task's kwargs to start the Run-with-arguments form from; empty when they are too
     long to edit in a text box (the form then starts from nothing)."""
+    if isinstance(task.kwargs, UnreadableJSON):  # a row written around validation
+        return ""
     try:
         text = json.dumps(task.kwargs, sort_keys=True)
     except (TypeError, ValueError, RecursionError):  # a row written around validation
@@ -213,12 +218,16 @@ def _task_page(
     status: int = 200,
 ) -> HttpResponse:
     now = timezone.now()
+    # Run errors follow the API's rule for the run history (orchestrator.access).
+    show_runs = can_view_runs(request.user)
     runs = (
         TaskRun.objects.filter(scheduled_task=task)
         .select_related("triggered_by")
         .defer("log")  # shown on each run's own page
         .order_by("-started_at", "-id")
     )
+    if not show_runs:
+        runs = runs.none()
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     # (run, its duration, its own arguments as JSON): what the history table shows of each run.
     run_rows = [
@@ -227,7 +236,7 @@ def _task_page(
             format_duration(None if run.duration is None else run.duration.total_seconds()),
             None
             if run.kwargs_override is None
-            else truncate(json.dumps(run.kwargs_override, sort_keys=True), KWARGS_SHOWN),
+            else json_preview(run.kwargs_override, KWARGS_SHOWN),
         )
         for run in page.object_list
     ]
@@ -249,8 +258,9 @@ def _task_page(
         "rate": stats.task_success_rate(task, now=now),
         "page": page,
         "run_rows": run_rows,
+        "can_view_runs": show_runs,
         "chart": mark_safe(charts.duration_chart(stats.task_history_points(task))),
-        "kwargs_json": truncate(json.dumps(task.kwargs, sort_keys=True), KWARGS_SHOWN),
+        "kwargs_json": json_preview(task.kwargs, KWARGS_SHOWN),
         "policy": policy,
         "policy_error": policy_error,
         "retry_delays": delays.delays if delays else (),
@@ -284,7 +294,8 @@ def _task_page(
 @staff_member_required
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """One run: its facts, its outcome (result or error and traceback) and its log."""
-    _require(can_view(request.user))
+    # A run's error, result and log follow the API's rule for the run history.
+    _require(can_view(request.user) and can_view_runs(request.user))
     run = get_object_or_404(
         TaskRun.objects.select_related(
             "scheduled_task", "scheduled_task__task_definition", "triggered_by", "cancelled_by"
@@ -295,12 +306,10 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "run": run,
         "task": run.scheduled_task,
         "duration": format_duration(None if run.duration is None else run.duration.total_seconds()),
-        "result_json": None
-        if run.result is None
-        else truncate(json.dumps(run.result, indent=2, ensure_ascii=False, default=str), 20000),
+        "result_json": None if run.result is None else json_preview(run.result, 20000, indent=2),
         "kwargs_json": None
         if run.kwargs_override is None
-        else truncate(json.dumps(run.kwargs_override, sort_keys=True), KWARGS_SHOWN),
+        else json_preview(run.kwargs_override, KWARGS_SHOWN),
         "can_run": request.user.has_perm(RUN_PERM),
         "admin_run_url": _admin_url("orchestrator_taskrun_change", run.pk),
         "log_level": logging.getLevelName(conf.RUN_LOG_LEVEL),

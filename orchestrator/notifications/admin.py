@@ -11,6 +11,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from orchestrator.changelist import BoundedChangeListMixin
 from orchestrator.models import Event, NotificationChannel, NotificationDelivery
 from orchestrator.notifications.delivery import queue_test_notification
 from orchestrator.notifications.events import truncate
@@ -75,7 +76,7 @@ class NotificationChannelForm(forms.ModelForm):
 
 
 @admin.register(NotificationChannel)
-class NotificationChannelAdmin(admin.ModelAdmin):
+class NotificationChannelAdmin(BoundedChangeListMixin, admin.ModelAdmin):
     form = NotificationChannelForm
     list_display = [
         "name",
@@ -164,13 +165,14 @@ DELIVERY_FIELDS = (
     "suppressed_count",
     "error_text",
     "requeued_at",
+    "retry_at",
     "sent_at",
     "finished_at",
 )
 
 
 @admin.register(NotificationDelivery)
-class NotificationDeliveryAdmin(admin.ModelAdmin):
+class NotificationDeliveryAdmin(BoundedChangeListMixin, admin.ModelAdmin):
     """The delivery log: read-only, one row per alert per channel."""
 
     list_display = [

@@ -7,6 +7,7 @@ and writes a few rows and queues a Celery message (on commit); the network is to
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -60,6 +61,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RETRY_POLICY = DeliveryRetryPolicy()
 TEST_POLICY = DeliveryRetryPolicy(max_attempts=1)
+# A delivery that a server keeps rate limiting is given up once its Retry-After would take it
+# past this long after it was queued: an alert that late has lost its point.
+RATE_LIMIT_GIVE_UP_AFTER = dt.timedelta(hours=1)
+# A deferred delivery's message that arrives less than this before its retry_at is sent (the
+# broker's countdowns are not to the millisecond).
+RETRY_AT_TOLERANCE = 1.0
 
 
 # --- choosing channels and deciding -------------------------------------------------------
@@ -256,10 +263,16 @@ def notify_scheduler(change: str, note: str) -> list[NotificationDelivery]:
 
 def enqueue(delivery_id: int, message: Message) -> None:
     """Queue the delivery task once the current transaction commits."""
-    data = message.to_dict()
+    _enqueue_data(delivery_id, message.to_dict())
 
+
+def _enqueue_data(delivery_id: int, data: dict[str, Any], countdown: float | None = None) -> None:
     def publish() -> None:
-        options = {"queue": conf.NOTIFICATION_QUEUE} if conf.NOTIFICATION_QUEUE else {}
+        options: dict[str, Any] = (
+            {"queue": conf.NOTIFICATION_QUEUE} if conf.NOTIFICATION_QUEUE else {}
+        )
+        if countdown:
+            options["countdown"] = countdown
         try:
             send_task_message(DELIVER_NOTIFICATION, args=[delivery_id, data], **options)
         except Exception as err:
@@ -377,15 +390,26 @@ def deliver(
     policy: DeliveryRetryPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
-    """Send a pending delivery and record the outcome; return its final status.
+    """Send a pending delivery and record the outcome; return its status.
 
     A delivery that is no longer pending (a redelivered Celery message) is not sent again.
+    A server that answers "rate limited" with a ``Retry-After`` longer than the retry budget
+    (``ORCHESTRATOR["NOTIFICATION_RETRY"]``) gets its wait: the delivery goes back to
+    ``pending`` with ``retry_at`` set and is queued again with that countdown (``"pending"`` is
+    returned), unless the wait would end more than ``RATE_LIMIT_GIVE_UP_AFTER`` after the
+    delivery was queued. A message that arrives before ``retry_at`` (its countdown was capped
+    at ``ORCHESTRATOR["MAX_BROKER_COUNTDOWN"]``) queues itself again for the rest.
     """
     delivery = NotificationDelivery.objects.select_related("channel").filter(pk=delivery_id).first()
     if delivery is None:
         return "missing"
     if delivery.status != NotificationDelivery.Status.PENDING:
         return str(delivery.status)
+    if delivery.retry_at is not None:
+        early = (delivery.retry_at - timezone.now()).total_seconds()
+        if early > RETRY_AT_TOLERANCE:
+            _enqueue_data(delivery_id, data, countdown=min(early, conf.MAX_BROKER_COUNTDOWN))
+            return str(delivery.status)
     # Claim it: a second message for the same delivery (maintenance re-queued it while this one
     # waited in the broker, or the broker delivered it twice) finds it taken and sends nothing.
     claimed = NotificationDelivery.objects.filter(
@@ -415,6 +439,9 @@ def deliver(
         return _finish(delivery, result.attempts)
     assert result.error is not None
     error = redact(result.error.message, channel.secrets())
+    retry_after = result.error.retry_after
+    if not result.error.permanent and retry_after is not None and not is_test:
+        return _defer(delivery, data, result.attempts, error, retry_after)
     if result.error.permanent or is_test:
         mark_channel_error(row, error)
     logger.error(
@@ -441,9 +468,63 @@ def fail_delivery(deliveries: QuerySet[NotificationDelivery], **fields: Any) -> 
     return changed
 
 
+def _defer(
+    delivery: NotificationDelivery,
+    data: dict[str, Any],
+    attempts: int,
+    error: str,
+    retry_after: float,
+) -> str:
+    """Put a rate-limited delivery back to ``pending`` until the server's ``Retry-After`` has
+    passed, and queue it with that countdown; give it up when the wait is too long.
+
+    The row is written before the message is sent: the maintenance pass leaves a pending row
+    alone until well after its ``retry_at`` (see ``requeue_stale_deliveries``), so it re-sends
+    only a message that was lost, and the claim in :func:`deliver` lets one copy send.
+    """
+    now = timezone.now()
+    wait = max(float(retry_after), 0.0)
+    due = now + dt.timedelta(seconds=wait)
+    if due > delivery.created_at + RATE_LIMIT_GIVE_UP_AFTER:
+        limit = int(RATE_LIMIT_GIVE_UP_AFTER.total_seconds() // 60)
+        logger.error(
+            "Notification delivery %s given up: rate limited for %.0f s more, past %d min "
+            "after it was queued",
+            delivery.pk,
+            wait,
+            limit,
+        )
+        return _finish(
+            delivery,
+            attempts,
+            f"{error}; the server asked to wait {wait:.0f} s more (Retry-After), which would "
+            f"pass {limit} min after the alert was queued: given up.",
+        )
+    deferred = NotificationDelivery.objects.filter(
+        pk=delivery.pk, status=NotificationDelivery.Status.SENDING
+    ).update(
+        status=NotificationDelivery.Status.PENDING,
+        retry_at=due,
+        requeued_at=None,  # a new message goes out: the maintenance pass may re-queue it once
+        attempts=delivery.attempts + attempts,
+        error=f"{error}; sending again at {due.isoformat(timespec='seconds')} (Retry-After).",
+    )
+    if not deferred:  # taken out of our hands meanwhile (the maintenance pass gave it up)
+        delivery.refresh_from_db(fields=["status"])
+        return str(delivery.status)
+    logger.warning(
+        "Notification delivery %s rate limited; sending it again in %.0f s (Retry-After)",
+        delivery.pk,
+        wait,
+    )
+    _enqueue_data(delivery.pk, data, countdown=min(wait, conf.MAX_BROKER_COUNTDOWN))
+    return NotificationDelivery.Status.PENDING.value
+
+
 def _finish(delivery: NotificationDelivery, attempts: int, error: str = "") -> str:
     now = timezone.now()
-    delivery.attempts = attempts
+    # Attempts made before a rate limit deferred the delivery count too.
+    delivery.attempts += attempts
     delivery.finished_at = now
     if error:
         delivery.status = NotificationDelivery.Status.FAILED
@@ -451,6 +532,7 @@ def _finish(delivery: NotificationDelivery, attempts: int, error: str = "") -> s
     else:
         delivery.status = NotificationDelivery.Status.SENT
         delivery.sent_at = now
+        delivery.error = ""  # a rate limit that deferred it is over
     with transaction.atomic():
         delivery.save(update_fields=["attempts", "finished_at", "status", "error", "sent_at"])
         rollups.count_alert(delivery.channel_id, delivery.event, delivery.status)

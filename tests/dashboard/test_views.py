@@ -25,6 +25,7 @@ pytestmark = pytest.mark.django_db
 
 DASHBOARD = reverse("orchestrator:dashboard")
 VIEW = ("orchestrator.view_scheduledtask",)
+RUNS = "orchestrator.view_taskrun"
 
 
 def client_for(user: User | None, **kwargs: Any) -> Client:
@@ -542,11 +543,14 @@ def test_queued_and_running_runs_offer_cancel_to_those_who_may_run(
     queued = make_run(task, status=TaskRun.Status.QUEUED, celery_task_id="c1")
     done = make_run(task, status=TaskRun.Status.SUCCEEDED)
     cancel = reverse("orchestrator:run-cancel", args=[queued.pk])
-    runner = client_for(make_user("runner", *VIEW, "orchestrator.run_scheduledtask"))
+    # Seeing the runs takes the permission to view them, as in the admin and the API.
+    runner = client_for(
+        make_user("runner", *VIEW, "orchestrator.view_taskrun", "orchestrator.run_scheduledtask")
+    )
     page = runner.get(detail(task)).content.decode()
     assert cancel in page
     assert reverse("orchestrator:run-cancel", args=[done.pk]) not in page
-    viewer = client_for(make_user("viewer", *VIEW))
+    viewer = client_for(make_user("viewer", *VIEW, "orchestrator.view_taskrun"))
     assert cancel not in viewer.get(detail(task)).content.decode()
     with mock.patch("celery.current_app.control.revoke"):
         assert runner.post(cancel).status_code == 302
@@ -638,9 +642,11 @@ def test_a_run_s_page_needs_the_view_permission(task: ScheduledTask) -> None:
     page = reverse("orchestrator:run-detail", args=[run.pk])
     assert client_for(make_user("nobody")).get(page).status_code == 403
     assert client_for(None).get(page).status_code == 302
-    assert client_for(make_user("viewer", *VIEW)).get(page).status_code == 200
+    # The run history's rule (orchestrator.access.can_view_runs), as in the API.
+    assert client_for(make_user("tasks-only", *VIEW)).get(page).status_code == 403
+    assert client_for(make_user("viewer", *VIEW, RUNS)).get(page).status_code == 200
     assert (
-        client_for(make_user("viewer2", *VIEW))
+        client_for(make_user("viewer2", *VIEW, RUNS))
         .get(reverse("orchestrator:run-detail", args=[run.pk + 1000]))
         .status_code
         == 404

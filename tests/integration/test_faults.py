@@ -35,6 +35,7 @@ from orchestrator.tasks import run_scheduled_task
 from tests.celery_app import app
 from tests.integration.conftest import CeleryProcess, wait_until
 from tests.integration.fault_hooks import PAUSE_ENV
+from tests.support.tcp_proxy import TcpProxy
 from tests.utils import make_scheduled_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -384,6 +385,46 @@ def test_a_dropped_database_connection_loses_no_outcome_and_is_logged(
     )
     assert calls(log) == ["db-hiccup"]
     assert TaskRun.objects.count() == 1
+
+
+def database_url_through(proxy: TcpProxy) -> str:
+    """The test database's URL, with the proxy's port in place of the server's."""
+    db = connection.settings_dict
+    scheme = {"postgresql": "postgres", "mysql": "mysql"}[connection.vendor]
+    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
+    return f"{scheme}://{db['USER']}{password}@127.0.0.1:{proxy.port}/{db['NAME']}"
+
+
+def test_a_run_that_arrives_while_the_database_is_unreachable_runs_once_it_is_back(
+    start_worker, real_database: str, scratch_dir: Path
+) -> None:
+    db = connection.settings_dict
+    default_port = {"postgresql": 5432, "mysql": 3306}[connection.vendor]
+    proxy = TcpProxy(int(db["PORT"] or default_port), db["HOST"] or "127.0.0.1")
+    try:
+        log = scratch_dir / "calls.log"
+        task = recorder("db-down", log)
+        # The worker reaches the database only through the proxy; the test does not.
+        worker = start_worker(DATABASE_URL=database_url_through(proxy))
+        proxy.cut()
+
+        enqueue(task)
+        # The dispatcher tries to reconnect (about 7.5 s), then the message is sent again
+        # rather than acknowledged as done; nothing ran, nothing was recorded.
+        worker.wait_for_log("was not started and is sent again in 10.0 s", timeout=60)
+        assert calls(log) == []
+        assert not TaskRun.objects.filter(scheduled_task=task).exists()
+
+        proxy.restore()
+        run = wait_until(
+            lambda: TaskRun.objects.filter(scheduled_task=task).exclude(status="running").first(),
+            timeout=90,
+        )
+        assert (run.status, run.attempt) == (TaskRun.Status.SUCCEEDED, 1)
+        assert calls(log) == ["db-down"]
+        assert TaskRun.objects.filter(scheduled_task=task).count() == 1
+    finally:
+        proxy.close()
 
 
 # --- 4. two beats ----------------------------------------------------------------------------

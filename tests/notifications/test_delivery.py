@@ -273,14 +273,63 @@ def test_transient_errors_stop_after_the_attempt_limit(task, fake_slack):
     assert channel.last_error == ""  # a transient outage does not mark the channel
 
 
-def test_a_retry_after_beyond_the_time_budget_gives_up_at_once(task, fake_slack):
+def test_a_retry_after_beyond_the_time_budget_is_queued_again_with_that_countdown(
+    task, fake_slack, queued, django_capture_on_commit_callbacks
+):
     fake_slack.script(WEBHOOK_PATH, Reply(429, "rate_limited", {"Retry-After": "120"}))
     delivery = pending(make_channel(kind="slack", target=fake_slack.webhook_url()), task)
     sleeps = []
-    assert service.deliver(delivery.pk, failure_alert().to_dict(), sleep=sleeps.append) == "failed"
-    assert sleeps == []
+    with freeze_time(T0), django_capture_on_commit_callbacks(execute=True):
+        status = service.deliver(delivery.pk, failure_alert().to_dict(), sleep=sleeps.append)
+    assert status == "pending"
+    assert sleeps == []  # the worker slot is not held for the wait
     delivery.refresh_from_db()
-    assert "rate limited" in delivery.error
+    assert (delivery.status, delivery.attempts) == ("pending", 1)
+    assert delivery.retry_at == T0 + dt.timedelta(seconds=120)
+    assert "rate limited" in delivery.error and "Retry-After" in delivery.error
+    ((delivery_id, _), options) = queued[0]
+    assert (delivery_id, options) == (delivery.pk, {"countdown": 120.0})
+    # The queued copy arrives when the wait is over: Slack takes it this time, once.
+    with freeze_time(T0 + dt.timedelta(seconds=121)):
+        assert service.deliver(delivery.pk, failure_alert().to_dict()) == "sent"
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.error) == ("sent", 2, "")
+    assert len(fake_slack.received(WEBHOOK_PATH, status=429)) == 1
+    assert len(fake_slack.delivered(WEBHOOK_PATH)) == 1
+
+
+def test_a_retry_after_longer_than_the_broker_may_hold_is_queued_in_capped_steps(
+    task, fake_slack, queued, settings, django_capture_on_commit_callbacks
+):
+    settings.ORCHESTRATOR = {**settings.ORCHESTRATOR, "MAX_BROKER_COUNTDOWN": 600}
+    fake_slack.script(WEBHOOK_PATH, Reply(429, "rate_limited", {"Retry-After": "1500"}))
+    delivery = pending(make_channel(kind="slack", target=fake_slack.webhook_url()), task)
+    delivery.created_at = T0
+    delivery.save(update_fields=["created_at"])
+    with freeze_time(T0), django_capture_on_commit_callbacks(execute=True):
+        assert service.deliver(delivery.pk, failure_alert().to_dict()) == "pending"
+    # Each early copy queues itself again for the rest of the wait, and sends nothing.
+    with (
+        freeze_time(T0 + dt.timedelta(seconds=600)),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        assert service.deliver(delivery.pk, failure_alert().to_dict()) == "pending"
+    with (
+        freeze_time(T0 + dt.timedelta(seconds=1200)),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        assert service.deliver(delivery.pk, failure_alert().to_dict()) == "pending"
+    assert [options["countdown"] for _, options in queued] == [600, 600, 300.0]
+    assert len(fake_slack.received(WEBHOOK_PATH)) == 1
+
+
+def test_a_retry_after_past_the_give_up_time_fails_the_delivery(task, fake_slack, queued):
+    fake_slack.script(WEBHOOK_PATH, Reply(429, "rate_limited", {"Retry-After": "7200"}))
+    delivery = pending(make_channel(kind="slack", target=fake_slack.webhook_url()), task)
+    assert service.deliver(delivery.pk, failure_alert().to_dict()) == "failed"
+    delivery.refresh_from_db()
+    assert "7200 s" in delivery.error and "given up" in delivery.error
+    assert queued == []
 
 
 def test_a_second_message_arriving_mid_send_finds_the_delivery_taken(task, monkeypatch):

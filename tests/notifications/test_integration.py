@@ -8,6 +8,7 @@ fake Slack and the SMTP server received and the delivery log the worker wrote.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import time
@@ -122,6 +123,33 @@ def test_429_then_500_then_200_delivers_exactly_one_message(start_worker, fake_s
     assert len(fake_slack.delivered()) == 1
     # The identical payload was posted each time; Slack kept only the last one.
     assert requests[0].body == requests[2].body
+
+
+def test_a_retry_after_beyond_the_budget_is_sent_once_after_its_countdown(start_worker, fake_slack):
+    # The budget is 1 s; Slack asks for 3: the worker defers the delivery through the broker.
+    fake_slack.script(WEBHOOK_PATH, Reply(429, "rate_limited", {"Retry-After": "3"}))
+    channel = make_channel("webhook", kind="slack", target=fake_slack.webhook_url())
+    task = make_scheduled_task("sync", "tests.sample_tasks.always_fails", max_retries=0)
+    task.notification_channels.set([channel])
+    env = worker_env(fake_slack)
+    env["ORCHESTRATOR_NOTIFICATION_RETRY"] = json.dumps(
+        {"max_attempts": 4, "max_seconds": 1, "base_delay": 0.2, "max_delay": 1}
+    )
+    start_worker(queues=["celery", QUEUE], **env)
+
+    enqueue(task)
+    deferred = wait_until(
+        lambda: NotificationDelivery.objects.filter(retry_at__isnull=False).first(), timeout=60
+    )
+    assert deferred.status == NotificationDelivery.Status.PENDING
+    (delivery,) = wait_until(lambda: finished_deliveries(1), timeout=60)
+
+    assert (delivery.status, delivery.attempts, delivery.error) == ("sent", 2, "")
+    first, second = fake_slack.received(WEBHOOK_PATH)
+    assert (first.status, second.status) == (429, 200)
+    # Sent when Slack said it could be, not before (within the countdown's tolerance).
+    assert delivery.sent_at >= deferred.retry_at - dt.timedelta(seconds=1)
+    assert len(fake_slack.delivered()) == 1
 
 
 def test_a_storm_of_failures_yields_one_alert_and_one_recovery(

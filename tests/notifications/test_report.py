@@ -176,3 +176,88 @@ def test_report_runs_exclude_running_and_skipped(history):
     billing, _ = history
     make_run(billing, status=TaskRun.Status.SKIPPED, started_at=at(3))
     assert build_report("24h", now=NOW).rows[0].runs == 3
+
+
+# --- the built-in task's arguments are checked like any task's ----------------------------------
+
+REPORT_PATH = "orchestrator.builtin_tasks.failure_report"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"to": "ops@example.com"}, "to must be a list of email addresses"),
+        ({"to": ["ops@example.com", "not an address"]}, "'not an address' is not an email"),
+        ({"to": [["ops@example.com"]]}, "to must list email addresses as text"),
+        ({"since": "yesterday"}, "since: 'yesterday' is not a period"),
+        ({"since": 24}, "since must be a period"),
+        ({"always": "yes"}, "always must be true or false"),
+    ],
+)
+def test_the_built_in_report_refuses_bad_arguments_on_the_kwargs_field(db, kwargs, message):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as raised:
+        make_scheduled_task("report", REPORT_PATH, kwargs=kwargs)
+    assert message in " ".join(raised.value.message_dict["kwargs"])
+
+
+def test_the_api_refuses_a_report_sent_to_a_string(api):
+    from django.urls import reverse
+
+    from tests.utils import make_definition
+
+    definition = make_definition("report", REPORT_PATH)
+    body = {
+        "name": "report",
+        "task_definition": definition.pk,
+        "cron": "0 6 * * *",
+        "kwargs": {"to": "ops@example.com"},
+    }
+    response = api.post(reverse("orchestrator:api-scheduled-task-list"), body, format="json")
+    assert response.status_code == 400
+    assert "to must be a list of email addresses" in " ".join(response.json()["kwargs"])
+
+
+def test_the_admin_refuses_a_report_sent_to_a_string(admin_web):
+    from django.urls import reverse
+
+    from tests.utils import make_definition
+
+    definition = make_definition("report", REPORT_PATH)
+    data = {
+        "name": "report",
+        "task_definition": definition.pk,
+        "cron": "0 6 * * *",
+        "timezone": "UTC",
+        "kwargs": '{"to": "ops@example.com"}',
+        "max_retries": 3,
+        "retry_backoff": "exponential",
+        "retry_delay": 60,
+        "retry_backoff_max": 3600,
+        "overlap": "allow",
+        "catch_up": "none",
+        "catch_up_limit": 1,
+    }
+    response = admin_web.post(reverse("admin:orchestrator_scheduledtask_add"), data)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["kwargs"]
+    assert "to must be a list of email addresses" in " ".join(errors)
+
+
+def test_a_report_sent_to_a_string_in_the_database_fails_its_run_and_mails_nothing(history):
+    from orchestrator import dispatcher
+    from orchestrator.models import ScheduledTask
+
+    task = make_scheduled_task("report", REPORT_PATH, kwargs={"always": True})
+    ScheduledTask.objects.filter(pk=task.pk).update(kwargs={"to": "ops@example.com"})
+    outcome = dispatcher.run_task(dispatcher.Attempt(task.pk))
+    assert outcome.run.status == TaskRun.Status.FAILED
+    assert "to must be a list of email addresses" in outcome.run.error_message
+    assert mail.outbox == []
+
+
+def test_the_built_in_report_called_directly_refuses_a_string(db):
+    with pytest.raises(ValueError, match="to must be a list of email addresses"):
+        builtin_tasks.failure_report(to="ops@example.com")  # type: ignore[arg-type]
+    assert mail.outbox == []

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("orchestrator", "0009_rollups"),
+        ("orchestrator", "0008_rollups"),
     ]
 
     operations = [

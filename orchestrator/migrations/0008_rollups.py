@@ -24,7 +24,7 @@ def backfill(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('orchestrator', '0006_outbound_secrets'),
+        ('orchestrator', '0007_hardening_inputs'),
     ]
 
     operations = [
