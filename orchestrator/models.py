@@ -22,6 +22,8 @@ from orchestrator.policies.retry import BackoffKind, RetryPolicy
 from orchestrator.sanitize import UnreadableJSON
 from orchestrator.validators import (
     MAX_JSON_DEPTH,
+    MAX_STORED_JSON_DEPTH,
+    nested_deeper_than,
     validate_cron,
     validate_exception_names,
     validate_import_path_shape,
@@ -78,16 +80,21 @@ class JSONField(models.JSONField):
 
     ``json.loads`` raises RecursionError for text nested past Python's recursion limit, and a
     row written so around validation (raw SQL) would then fail every query that loads it: the
-    admin, the dashboard, the API and the worker. Such a value loads as
-    :class:`~orchestrator.sanitize.UnreadableJSON`, and is written back unchanged.
+    admin, the dashboard, the API and the worker. Such a value, and one that decodes but is
+    nested deeper than ``MAX_STORED_JSON_DEPTH`` (newer Pythons decode far deeper, and then fail
+    to show it), loads as :class:`~orchestrator.sanitize.UnreadableJSON`, and is written back
+    unchanged.
     Migrations see Django's own field: nothing changes in the database.
     """
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         try:
-            return super().from_db_value(value, expression, connection)
+            decoded = super().from_db_value(value, expression, connection)
         except RecursionError:
             return UnreadableJSON(value)
+        if isinstance(value, str) and nested_deeper_than(decoded, MAX_STORED_JSON_DEPTH):
+            return UnreadableJSON(value)
+        return decoded
 
     def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
         if isinstance(value, UnreadableJSON):

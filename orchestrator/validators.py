@@ -19,6 +19,10 @@ MAX_KWARGS_DEPTH = 32
 # Every JSON value the edges accept (kwargs, event lists, exception names) is held to the same
 # depth: none needs more, and a shallow value is one every page, log line and repr() can show.
 MAX_JSON_DEPTH = MAX_KWARGS_DEPTH
+# A stored value nested deeper than this (written around validation, by raw SQL) loads as
+# unreadable. Python 3.11 cannot decode one near its recursion limit, 3.12 and newer can, and
+# then json.dumps, repr() and templates fail on it: the same rule on every Python.
+MAX_STORED_JSON_DEPTH = 100
 # The widest integer every supported database stores (a signed 64-bit BIGINT). SQLite's driver
 # raises OverflowError for a wider one: filter values are checked against it first.
 MAX_DATABASE_INTEGER = 2**63 - 1
