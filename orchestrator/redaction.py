@@ -20,11 +20,13 @@ a successful attempt whose result holds no string costs no query.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from django.db import DatabaseError
 from django.db.models.signals import post_delete, post_save
 
 from orchestrator.conf import conf
@@ -32,6 +34,8 @@ from orchestrator.models import NotificationChannel
 from orchestrator.notifications.redact import redact
 from orchestrator.notifications.registry import UnknownChannelKind, get_channel
 from orchestrator.sanitize import looks_secret, mask_secret_values
+
+logger = logging.getLogger(__name__)
 
 # How long a process trusts the channel secrets it read: a channel edited in another process
 # (the admin's) is known to the workers after at most this long.
@@ -63,7 +67,14 @@ def known_secrets(*, clock: Callable[[], float] = time.monotonic) -> tuple[str, 
     with _lock:
         cached = _known
     if cached is None or now >= cached[0]:
-        cached = (now + KNOWN_SECRETS_SECONDS, channel_secrets())
+        try:
+            cached = (now + KNOWN_SECRETS_SECONDS, channel_secrets())
+        except DatabaseError as err:
+            # The run's outcome still has to be written (by code that reconnects, and that
+            # fails just the same if the database is gone): mask with what was read before,
+            # and read again next time.
+            logger.warning("Could not read the notification channels' secrets: %s", err)
+            return (conf.SLACK_BOT_TOKEN, *(cached[1] if cached else ()))
         with _lock:
             _known = cached
     return (conf.SLACK_BOT_TOKEN, *cached[1])

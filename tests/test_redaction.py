@@ -171,6 +171,27 @@ def test_a_saved_channel_is_known_at_once_and_a_stale_cache_is_read_again(
     assert url in redaction.known_secrets(clock=lambda: later)
 
 
+def test_a_database_error_masks_with_the_secrets_read_before_and_reads_again_next_time(
+    fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.db import OperationalError
+
+    url = fake_slack.webhook_url(HOOK_PATH)
+    make_channel("webhook", kind="slack", target=url)
+    assert url in redaction.known_secrets()
+    later = redaction.KNOWN_SECRETS_SECONDS + 1e9
+
+    def unreachable() -> tuple[str, ...]:
+        raise OperationalError("terminating connection due to administrator command")
+
+    monkeypatch.setattr(redaction, "channel_secrets", unreachable)
+    # The run's outcome is still written (by code that reconnects): nothing raises here.
+    assert url in redaction.known_secrets(clock=lambda: later)
+    assert "Could not read the notification channels' secrets" in caplog.text
+    monkeypatch.undo()
+    assert url in redaction.known_secrets(clock=lambda: later)
+
+
 def test_disabled_channels_are_not_read(fake_slack: FakeSlack) -> None:
     make_channel("webhook", kind="slack", target=fake_slack.webhook_url(HOOK_PATH), enabled=False)
     assert redaction.known_secrets() == ("",)
