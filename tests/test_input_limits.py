@@ -167,7 +167,11 @@ def write_raw(table: str, column: str, pk: int, text: str) -> None:
 
 def db_depth() -> int:
     """As deep as the database stores: SQLite's JSON_VALID() check stops at 1,000 levels, which
-    is past Python's recursion limit already once a request or a worker is on the stack."""
+    is past Python's recursion limit already once a request or a worker is on the stack.
+    MariaDB and MySQL refuse JSON nested past 32 levels as it is written: no such row exists
+    there, and the tests that write one are skipped."""
+    if connection.vendor == "mysql":
+        pytest.skip("MariaDB/MySQL's JSON_VALID check refuses JSON nested past 32 levels")
     return 990 if connection.vendor == "sqlite" else 5000
 
 
