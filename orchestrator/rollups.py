@@ -23,6 +23,7 @@ MySQL), so workers on many hosts can end runs of the same task in the same hour 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -303,23 +304,60 @@ def _upsert_sql(
     source: str = "",
 ) -> tuple[str, list[Any]]:
     """The statement of :func:`upsert_add`; with ``source`` (a CTE's name, PostgreSQL), one
-    row is inserted per row of that CTE instead of ``VALUES``."""
+    row is inserted per row of that CTE instead of ``VALUES``.
+
+    The text depends only on the columns and the number of rows: it is built once per shape
+    and process (the dispatcher asks for it on every successful attempt). The counters are
+    whole numbers and go to the database as they are; the other columns are prepared by their
+    fields (a datetime's time zone, for one).
+    """
     connection = connections[using]
+    sql, prepared = _upsert_statement(
+        model,
+        tuple(keys),
+        tuple(counters),
+        latest,
+        connection.alias,
+        connection.vendor,
+        source,
+        1 if source else len(rows),
+    )
+    params: list[Any] = []
+    for row in rows:
+        for column, prep_field in prepared:
+            value = row[column]
+            params.append(
+                value if prep_field is None else prep_field.get_db_prep_save(value, connection)
+            )
+    return sql, params
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_statement(
+    model: type[Model],
+    keys: tuple[str, ...],
+    counters: tuple[str, ...],
+    latest: str | None,
+    alias: str,
+    vendor: str,
+    source: str,
+    rows: int,
+) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """The SQL of an upsert-add of ``rows`` rows, and each parameter's column with the field
+    that prepares it (None for a counter)."""
+    connection = connections[alias]
     quote = connection.ops.quote_name
     table = quote(model._meta.db_table)
     columns = [*keys, *counters, *([latest] if latest else [])]
     fields = {f.column: f for f in model._meta.concrete_fields}
-    params: list[Any] = []
-    for row in rows:
-        for column in columns:
-            params.append(fields[column].get_db_prep_save(row[column], connection))
+    prepared = tuple((c, None if c in counters else fields[c]) for c in columns)
     if source:
         values_sql = "SELECT " + ", ".join(["%s"] * len(columns)) + f" FROM {source}"
     else:
         one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-        values_sql = "VALUES " + ", ".join([one] * len(rows))
+        values_sql = "VALUES " + ", ".join([one] * rows)
     names = ", ".join(quote(c) for c in columns)
-    mysql = connection.vendor == "mysql"
+    mysql = vendor == "mysql"
 
     def new(column: str) -> str:
         return f"VALUES({quote(column)})" if mysql else f"excluded.{quote(column)}"
@@ -339,7 +377,7 @@ def _upsert_sql(
     else:
         conflict = f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET"
     sql = f"INSERT INTO {table} ({names}) {values_sql} {conflict} {', '.join(sets)}"
-    return sql, params
+    return sql, prepared
 
 
 # --- deleting runs ------------------------------------------------------------------------------
