@@ -32,6 +32,14 @@ def throwaway_database() -> Iterator[str]:
     try:
         yield connection.settings_dict["NAME"]
     finally:
+        if connection.vendor == "postgresql":
+            # A benchmark's worker that has just stopped may still hold a session for a moment;
+            # PostgreSQL refuses to drop a database in use.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
         teardown_databases(old_config, verbosity=0)
 
 
