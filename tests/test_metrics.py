@@ -62,6 +62,13 @@ def test_a_staff_user_with_view_taskrun_reads_them(client: Any, url: str) -> Non
     assert b"orchestrator_tasks" in response.content
 
 
+def test_the_metrics_follow_the_run_history_rule(client: Any, url: str) -> None:
+    # orchestrator.access.can_view_runs: the change permission includes the view one, as in
+    # the admin, the run pages and the API.
+    client.force_login(make_user("editor", "orchestrator.change_taskrun", is_staff=True))
+    assert client.get(url).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("perms", "is_staff"),
     [((), True), (("orchestrator.view_taskrun",), False)],

@@ -431,16 +431,14 @@ def cancel_run(request: HttpRequest, pk: int) -> HttpResponseRedirect:
     return _back(request, fallback)
 
 
-METRICS_PERM = "orchestrator.view_taskrun"
-
-
 def metrics_access(request: HttpRequest) -> int:
     """200 if ``request`` may read the metrics, else the status to answer: 401 without
     credentials, 403 with wrong ones.
 
     A bearer token is compared with ``ORCHESTRATOR["METRICS_TOKEN"]`` in constant time (no
-    token configured: no token is right); otherwise a staff user holding
-    ``orchestrator.view_taskrun`` may read them.
+    token configured: no token is right); otherwise a staff user who may see the run history
+    (:func:`orchestrator.access.can_view_runs`, the rule of the run pages and the API) may
+    read them.
     """
     header = request.headers.get("Authorization", "")
     if header:
@@ -453,7 +451,7 @@ def metrics_access(request: HttpRequest) -> int:
     user = request.user
     if not user.is_authenticated:
         return 401
-    return 200 if user.is_staff and user.has_perm(METRICS_PERM) else 403
+    return 200 if user.is_staff and can_view_runs(user) else 403
 
 
 @require_safe
