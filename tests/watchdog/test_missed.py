@@ -143,3 +143,33 @@ def test_a_pass_costs_the_same_queries_whatever_the_history(
     )
     with django_assert_num_queries(7):
         assert check(minute(8), minute(6)).rows_extended == 30
+
+
+def test_many_tasks_missing_at_once_are_written_in_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # bulk_update's CASE over every row of one statement costs rows x rows: 10,000 tasks missing
+    # the same ticks made one UPDATE that ran for minutes. Each statement holds a batch.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    monkeypatch.setattr(signals.task_missed, "receivers", [])
+    monkeypatch.setattr(missed, "WRITE_BATCH", 10)
+    for n in range(25):
+        t = make_scheduled_task(f"t{n}", cron="* * * * *")
+        ScheduledTask.objects.filter(pk=t.pk).update(created_at=T0 - dt.timedelta(days=1))
+    with CaptureQueriesContext(connection) as first:
+        assert check(minute(6), minute(2)).rows_created == 25
+    with CaptureQueriesContext(connection) as second:
+        assert check(minute(8), minute(6)).rows_extended == 25
+
+    inserts = [q["sql"] for q in first.captured_queries if q["sql"].startswith("INSERT INTO")]
+    updates = [
+        q["sql"]
+        for q in second.captured_queries
+        if q["sql"].startswith('UPDATE "orchestrator_taskrun"')
+    ]
+    assert len([s for s in inserts if 'orchestrator_taskrun"' in s.split("(")[0]]) == 3
+    assert len(updates) == 3
+    assert max(s.count("WHEN") for s in updates) <= 10 * 5  # five columns, ten rows each
+    assert TaskRun.objects.filter(status=TaskRun.Status.MISSED, missed_count=6).count() == 25
