@@ -240,18 +240,24 @@ def _ratio(rate: float, baseline: float) -> str:
     return f"{rate / baseline:.2f}" if baseline else "-"
 
 
-def in_process(runs: int, rounds: int) -> str:
+def in_process(runs: int, rounds: int, *, new_connection: bool = False) -> str:
     """The same three kinds called in this process, no broker: the dispatcher's own cost.
 
-    Alternating blocks of ``runs`` calls each, on one persistent connection; the median block
-    gives the time per call.
+    Alternating blocks of ``runs`` calls each; the median block gives the time per call. On one
+    persistent connection, or (``new_connection``) on a new one per call, as a worker with
+    Django's default ``CONN_MAX_AGE=0`` does: a new PostgreSQL backend reads the catalog of
+    every table and index a statement touches, and the dispatcher touches three more tables
+    than the hand-written task (the definition, the task's state, the aggregates).
     """
+    from django.db import connection
+
     from orchestrator.dispatcher import Attempt, run_task
 
+    suffix = "-new-connection" if new_connection else ""
     kinds = {
-        DISPATCHER_TASK: _scheduled_task("bench-inprocess-dispatch"),
-        DURABLE_TASK: _scheduled_task("bench-inprocess-durable"),
-        BASELINE_TASK: _scheduled_task("bench-inprocess-minimal"),
+        DISPATCHER_TASK: _scheduled_task(f"bench-inprocess-dispatch{suffix}"),
+        DURABLE_TASK: _scheduled_task(f"bench-inprocess-durable{suffix}"),
+        BASELINE_TASK: _scheduled_task(f"bench-inprocess-minimal{suffix}"),
     }
     calls = {
         DISPATCHER_TASK: lambda pk: run_task(Attempt(pk, celery_task_id="in-process")),
@@ -265,6 +271,8 @@ def in_process(runs: int, rounds: int) -> str:
             started = time.perf_counter()
             for _ in range(runs):
                 call(pk)
+                if new_connection:
+                    connection.close()
             if round_number:  # the first round warms up imports, caches and the connection
                 per_call[name].append((time.perf_counter() - started) / runs)
     durable = 1 / statistics.median(per_call[DURABLE_TASK])
@@ -284,7 +292,7 @@ def in_process(runs: int, rounds: int) -> str:
         )
     return table(
         [
-            "in-process call",
+            "in-process call, new connection per run" if new_connection else "in-process call",
             "runs",
             "ms per run (median block)",
             "runs/s",
@@ -300,10 +308,14 @@ def main(smoke: bool) -> str:
         return (
             in_process(runs=50, rounds=2)
             + "\n\n"
+            + in_process(runs=10, rounds=2, new_connection=True)
+            + "\n\n"
             + run([Setup(concurrency=2, runs=200, baseline_runs=100, rounds=2, warm_up=10)])
         )
     return (
         in_process(runs=500, rounds=10)
+        + "\n\n"
+        + in_process(runs=100, rounds=10, new_connection=True)
         + "\n\n"
         + run(
             [
