@@ -29,7 +29,7 @@ from bench.baseline_tasks import (
 )
 from bench.env import table
 from bench.processes import Worker
-from tests.support.processes import purge_queues, wait_until
+from tests.support.processes import delete_queues, purge_queues, wait_until
 
 IDLE_QUEUE = "bench-idle"
 WARM_UP = 50  # runs of each kind before measuring: imports, first connections, caches
@@ -102,6 +102,7 @@ def _run_block(
         )
     finally:
         app.control.cancel_consumer(queue, destination=[worker.hostname], reply=True, timeout=10)
+        delete_queues([queue])
     rss_after = worker.pool_rss_kib()
     span = block.aggregate(first=Min("started_at"), last=Max("finished_at"))
     seconds = (span["last"] - span["first"]).total_seconds()

@@ -27,7 +27,7 @@ from typing import Any
 
 from bench.env import table
 from bench.processes import Worker
-from tests.support.processes import purge_queues, wait_until
+from tests.support.processes import delete_queues, wait_until
 
 TASKS = 100
 DISPATCH_RATE_GUESS = 150  # runs/s a two-process worker does at most here: sizes the queue
@@ -288,7 +288,7 @@ def measure(runs: int, rounds: int, quiet_seconds: float) -> Result:
             retention._delete_run_batch = original  # type: ignore[assignment]
         windows.append(quiet())
         finished = live.filter(finished_at__isnull=False).count()
-    purge_queues([queue])
+    delete_queues([queue])
     return Result(
         runs=runs,
         build_seconds=build_seconds,

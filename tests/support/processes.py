@@ -121,6 +121,17 @@ def purge_queues(queues: list[str]) -> None:
                 conn.default_channel.queue_purge(queue)
 
 
+def delete_queues(queues: list[str]) -> None:
+    """Delete ``queues`` (made for one run, with a unique name) and what they still hold, so
+    a broker that keeps queues (RabbitMQ) is not left with one per run."""
+    from tests.celery_app import app
+
+    with app.connection_for_write() as conn:
+        for queue in queues:
+            with contextlib.suppress(Exception):
+                conn.default_channel.queue_delete(queue)
+
+
 def wait_until(
     predicate: Callable[[], _T], timeout: float = 30.0, interval: float = 0.2, what: str = ""
 ) -> _T:
