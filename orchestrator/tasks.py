@@ -70,6 +70,12 @@ def run_scheduled_task(
     replace the task's for this run (``kwargs_override``) and who sent it (``triggered_by``);
     retries carry the last two.
     """
+    # Each run starts as a Django request does: a connection past CONN_MAX_AGE, or one that fails
+    # CONN_HEALTH_CHECKS, is replaced before it is used. It matters when the worker keeps its
+    # connection between tasks (CELERY_DB_REUSE_MAX); by default Celery closes it after each
+    # task. A connection inside a transaction belongs to the caller (an in-process test).
+    if not connection.in_atomic_block:
+        close_old_connections()
     request = self.request
     delivery = request.delivery_info or {}
     attempt = Attempt(

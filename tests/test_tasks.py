@@ -341,3 +341,30 @@ def test_a_run_that_cannot_be_sent_again_is_handed_back_to_the_broker(
     result = run_scheduled_task.apply(args=[task.pk])
     assert result.state == "REJECTED"
     assert isinstance(result.result, Reject) and result.result.requeue is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_run_starts_by_replacing_an_obsolete_connection_like_a_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A worker that keeps its connection (CELERY_DB_REUSE_MAX) gets CONN_MAX_AGE and
+    # CONN_HEALTH_CHECKS applied per run, as Django applies them per request.
+    from orchestrator import tasks
+
+    calls: list[bool] = []
+    monkeypatch.setattr(tasks, "close_old_connections", lambda: calls.append(True))
+    task = make_scheduled_task("noop")
+    run_scheduled_task.apply(args=[task.pk])
+    assert calls == [True]
+    assert TaskRun.objects.get().status == TaskRun.Status.SUCCEEDED
+
+
+def test_a_run_inside_a_callers_transaction_leaves_its_connection_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from orchestrator import tasks
+
+    calls: list[bool] = []
+    monkeypatch.setattr(tasks, "close_old_connections", lambda: calls.append(True))
+    run_scheduled_task.apply(args=[make_scheduled_task("noop").pk])
+    assert calls == []
