@@ -460,3 +460,34 @@ def test_the_celery_view_of_the_schedule_lists_the_entries_by_name(make_schedule
     scheduler = make_scheduler()
     entry = scheduler.schedule[periodic_task_name(task.pk)]
     assert (entry.task, entry.args) == ("orchestrator.run_scheduled_task", [task.pk])
+
+
+def test_a_sigterm_in_the_middle_of_a_wake_up_closes_on_the_way_out_not_in_the_handler(
+    make_scheduler, monkeypatch
+):
+    # Celery beat's SIGTERM handler calls close() and raises SystemExit, then close() runs again
+    # on the way out. A statement from the handler could wait for ever on psycopg's lock held by
+    # the interrupted one; the handler's close writes nothing, the second one does it all.
+    tasks(1)
+    scheduler = make_scheduler()
+    scheduler.tick()
+    assert scheduler.lease.leader is True
+    in_handler: list[int] = []
+
+    def sigterm_during_send() -> None:
+        with CaptureQueriesContext(connection) as queries:
+            scheduler.close()  # what beat's handler does first
+        in_handler.append(len(queries.captured_queries))
+        raise SystemExit
+
+    monkeypatch.setattr(scheduler, "_send_due", sigterm_during_send)
+    with pytest.raises(SystemExit):
+        scheduler.tick()
+    assert in_handler == [0]
+    assert BeatProcess.objects.filter(ident=scheduler.process.ident).exists()
+
+    scheduler.close()  # Service.start's finally
+    assert scheduler.lease.leader is False
+    assert not BeatProcess.objects.filter(ident=scheduler.process.ident).exists()
+    lease = SchedulerLease.objects.annotate(now=DatabaseNow()).get(name=LEASE_NAME)
+    assert lease.expires_at < lease.now
