@@ -163,13 +163,12 @@ def test_many_tasks_missing_at_once_are_written_in_batches(
     with CaptureQueriesContext(connection) as second:
         assert check(minute(8), minute(6)).rows_extended == 25
 
-    inserts = [q["sql"] for q in first.captured_queries if q["sql"].startswith("INSERT INTO")]
-    updates = [
-        q["sql"]
-        for q in second.captured_queries
-        if q["sql"].startswith('UPDATE "orchestrator_taskrun"')
+    table = connection.ops.quote_name(TaskRun._meta.db_table)
+    inserts = [
+        q["sql"] for q in first.captured_queries if q["sql"].startswith(f"INSERT INTO {table}")
     ]
-    assert len([s for s in inserts if 'orchestrator_taskrun"' in s.split("(")[0]]) == 3
+    updates = [q["sql"] for q in second.captured_queries if q["sql"].startswith(f"UPDATE {table}")]
+    assert len(inserts) == 3
     assert len(updates) == 3
     assert not any("CASE" in s for s in updates)
     assert TaskRun.objects.filter(status=TaskRun.Status.MISSED, missed_count=6).count() == 25
