@@ -10,14 +10,16 @@ import datetime as dt
 import itertools
 import json
 import re
+import signal
 import time
 
 import pytest
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
 from orchestrator.beat_sync import periodic_task_name
-from orchestrator.models import ScheduledTask, TaskRun
+from orchestrator.models import ScheduledTask, SchedulerLease, TaskRun
 from tests.integration.conftest import wait_until
 from tests.utils import make_definition, make_scheduled_task
 
@@ -210,3 +212,28 @@ def test_every_schedule_kind_of_django_celery_beat_is_served(start_worker, start
     # The new rows came in through reloads of what changed; the schedule was read whole once.
     log = beat.log()
     assert "schedule changed: reloaded" in log and log.count("(full load,") == 1
+
+
+def test_a_sigterm_while_beat_waits_on_the_database_still_hands_the_lease_over(
+    start_beat,
+) -> None:
+    # Beat's SIGTERM handler interrupts whatever the wake-up was doing. Its close() used to run
+    # statements right there, which waited for ever on psycopg's lock held by the interrupted
+    # one: the process was SIGKILLed with the lease held, and a standby waited it out.
+    beat = start_beat()
+    beat.wait_for_log("took the lease")
+    other = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        other.set_autocommit(False)
+        with other.cursor() as cursor:
+            table = other.ops.quote_name(SchedulerLease._meta.db_table)
+            cursor.execute(f"SELECT * FROM {table} FOR UPDATE")
+            time.sleep(2.5)  # the leader renews at every poll (1 s here): now it waits on the row
+            beat.kill(signal.SIGTERM)
+            time.sleep(1)
+        other.commit()
+    finally:
+        other.close()
+    beat.process.wait(timeout=10)
+    assert beat.process.returncode == 0
+    assert "released the lease" in beat.log()
