@@ -86,7 +86,7 @@ class Scheduler(beat.Scheduler):
         self._next_reconcile = float("inf")
         self._next_skew_warning = float("-inf")
         self._fresh_state = False
-        self._in_tick = False
+        self._busy = False  # in a wake-up or a sync: talking to the database or the broker
         self._interrupted = False
         hostname, pid = this_host()
         token = secrets.token_hex(8)
@@ -135,7 +135,7 @@ class Scheduler(beat.Scheduler):
 
         Returns how long to sleep: until the next due entry or the next poll.
         """
-        self._in_tick = True
+        self._busy = True
         try:
             if self.monotonic() >= self._next_poll:
                 self._poll()
@@ -149,23 +149,28 @@ class Scheduler(beat.Scheduler):
             logger.exception("orchestrator scheduler: unexpected error in a wake-up")
             self._next_poll = min(self._next_poll, self.monotonic() + self.poll_interval)
         finally:
-            self._in_tick = False
+            self._busy = False
         return self._sleep_time()
 
     def sync(self) -> None:
-        self._flush()
+        # Beat calls it between wake-ups too (every few minutes): the same care as a wake-up.
+        busy, self._busy = self._busy, True
+        try:
+            self._flush()
+        finally:
+            self._busy = busy
 
     def close(self) -> None:
         """Write what is pending, give the lease up, forget this process.
 
         Beat calls it twice on SIGTERM: from its signal handler, which then raises SystemExit,
-        and again on its way out. The handler may interrupt a wake-up in the middle of a
-        statement, while psycopg holds the connection's lock: a statement from the handler
+        and again on its way out. The handler may interrupt a wake-up or a sync in the middle of
+        a statement, while psycopg holds the connection's lock: a statement from the handler
         would wait for that lock for ever (and the supervisor's SIGKILL would leave the lease
-        to expire). So an interrupted wake-up closes nothing in the handler; the second call
-        does it, on a new connection, as the interrupted one may be half-way through a reply.
+        to expire). So an interrupted one closes nothing in the handler; the second call does
+        it, on a new connection, as the interrupted one may be half-way through a reply.
         """
-        if self._in_tick:
+        if self._busy:
             self._interrupted = True
             return
         if self._interrupted and not connection.in_atomic_block:  # a test's transaction stays

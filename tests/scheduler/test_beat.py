@@ -491,3 +491,28 @@ def test_a_sigterm_in_the_middle_of_a_wake_up_closes_on_the_way_out_not_in_the_h
     assert not BeatProcess.objects.filter(ident=scheduler.process.ident).exists()
     lease = SchedulerLease.objects.annotate(now=DatabaseNow()).get(name=LEASE_NAME)
     assert lease.expires_at < lease.now
+
+
+def test_a_sigterm_in_the_middle_of_beats_own_sync_also_waits_for_the_way_out(
+    make_scheduler, monkeypatch
+):
+    tasks(1)
+    scheduler = make_scheduler()
+    scheduler.tick()
+    original_flush = scheduler._flush
+    in_handler: list[int] = []
+
+    def sigterm_during_flush() -> None:
+        with CaptureQueriesContext(connection) as queries:
+            scheduler.close()
+        in_handler.append(len(queries.captured_queries))
+        raise SystemExit
+
+    monkeypatch.setattr(scheduler, "_flush", sigterm_during_flush)
+    with pytest.raises(SystemExit):
+        scheduler.sync()  # what beat's service loop calls every few minutes
+    assert in_handler == [0]
+    monkeypatch.setattr(scheduler, "_flush", original_flush)
+    scheduler.close()
+    assert scheduler.lease.leader is False
+    assert not BeatProcess.objects.filter(ident=scheduler.process.ident).exists()
