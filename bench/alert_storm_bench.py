@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bench.env import table
+from bench.env import SENT_BY_BENCH_CRON, table
 from bench.processes import Worker
 from tests.support.processes import purge_queues, wait_until
 
@@ -68,7 +68,7 @@ def _make_storm_task(fake_slack: FakeSlack, cooldown: int) -> tuple[int, str]:
     task = ScheduledTask(
         name=f"storm-{cooldown}-{tag}",
         task_definition=definition,
-        cron="* * * * *",
+        cron=SENT_BY_BENCH_CRON,
         kwargs={"message": "warehouse database unreachable"},
         max_retries=0,  # every run is a final failure
         queue=RUN_QUEUE,

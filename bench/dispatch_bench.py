@@ -27,7 +27,7 @@ from bench.baseline_tasks import (
     minimal_run_once,
     parse_counts,
 )
-from bench.env import table
+from bench.env import SENT_BY_BENCH_CRON, table
 from bench.processes import Worker
 from tests.support.processes import delete_queues, purge_queues, wait_until
 
@@ -62,7 +62,7 @@ def _scheduled_task(name: str) -> int:
     definition, _ = TaskDefinition.objects.get_or_create(
         name="bench-noop", defaults={"import_path": "tests.sample_tasks.noop"}
     )
-    task = ScheduledTask(name=name, task_definition=definition, cron="* * * * *", kwargs={})
+    task = ScheduledTask(name=name, task_definition=definition, cron=SENT_BY_BENCH_CRON, kwargs={})
     task.full_clean()
     task.save()
     return task.pk

@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# The schedule of the tasks whose runs a benchmark sends itself: due once a year (1 January at
+# midnight), so that the workers' watchdog finds no tick of theirs without a run. With "* * * *
+# *" it wrote a `missed` row for each of them every pass, among the very rows whose first start
+# and last finish give the dispatch rate: the dispatcher's blocks looked twice as slow.
+SENT_BY_BENCH_CRON = "0 0 1 1 *"
 
 
 def setup_django() -> None:

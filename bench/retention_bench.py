@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.env import table
+from bench.env import SENT_BY_BENCH_CRON, table
 from bench.processes import Worker
 from tests.support.processes import delete_queues, wait_until
 
@@ -89,7 +89,7 @@ def _make_tasks() -> tuple[list[int], int]:
     live = ScheduledTask(
         name=f"bench-retention-{tag}-dispatch",
         task_definition=definition,
-        cron="* * * * *",
+        cron=SENT_BY_BENCH_CRON,
         kwargs={},
     )
     live.full_clean()
