@@ -70,12 +70,9 @@ def run_scheduled_task(
     replace the task's for this run (``kwargs_override``) and who sent it (``triggered_by``);
     retries carry the last two.
     """
-    # Each run starts as a Django request does: a connection past CONN_MAX_AGE, or one that fails
-    # CONN_HEALTH_CHECKS, is replaced before it is used. It matters when the worker keeps its
-    # connection between tasks (CELERY_DB_REUSE_MAX); by default Celery closes it after each
-    # task. A connection inside a transaction belongs to the caller (an in-process test).
-    if not connection.in_atomic_block:
-        close_old_connections()
+    # Each run starts as a Django request does. It matters when the worker keeps its connection
+    # between tasks (CELERY_DB_REUSE_MAX); by default Celery closes it after each task.
+    _replace_old_connection()
     request = self.request
     delivery = request.delivery_info or {}
     attempt = Attempt(
@@ -216,12 +213,18 @@ def _default_queue(task: Task) -> str:
     return getattr(queue, "name", None) or str(task.app.conf.task_default_queue)
 
 
-def _record_lost(task_id: str, message: str, error_type: str, *, final: bool) -> None:
-    # The worker's main process seldom touches the database: its connection may have been
-    # closed by the server since, which Django only notices here. A connection inside a
-    # transaction belongs to the caller (an in-process test) and is left alone.
+def _replace_old_connection() -> None:
+    """Close the connection if it is past ``CONN_MAX_AGE`` or fails ``CONN_HEALTH_CHECKS``, as
+    Django does at the start of a request; the next query opens a new one. A connection inside a
+    transaction belongs to the caller (an in-process test) and is left alone."""
     if not connection.in_atomic_block:
         close_old_connections()
+
+
+def _record_lost(task_id: str, message: str, error_type: str, *, final: bool) -> None:
+    # The worker's main process seldom touches the database: its connection may have been
+    # closed by the server since, which Django only notices here.
+    _replace_old_connection()
     runs = dispatcher.mark_lost(task_id, message, error_type=error_type)
     if not final:
         return
