@@ -481,7 +481,18 @@ def test_two_real_beats_run_each_tick_once(start_worker, start_beat, scratch_dir
     # Both beats send the first minute boundary after they started (up to a minute away).
     wait_until(lambda: all(boundary in ticks_sent_by(beat).values() for beat in beats), timeout=100)
     wait_until(lambda: finished_runs(task, 1), timeout=30)
+    # Stop the beats (a later minute boundary must not send more while the counts are read) and
+    # let the worker take every message they sent.
+    for beat in beats:
+        beat.stop()
 
+    def every_message_taken() -> bool:
+        runs = TaskRun.objects.filter(scheduled_task=task)
+        taken = set(runs.values_list("celery_task_id", flat=True)) | set(dropped_ticks(worker))
+        sent = {i for beat in beats for i in sent_ids(beat)}
+        return sent <= taken and not runs.filter(status__in=("queued", "running")).exists()
+
+    wait_until(every_message_taken, timeout=60)
     sent = [i for beat in beats for i in sent_ids(beat)]
     runs = list(TaskRun.objects.filter(scheduled_task=task))
     dropped = dropped_ticks(worker)
