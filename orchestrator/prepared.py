@@ -1,11 +1,18 @@
-"""A queryset compiled to SQL once per process, then run again for each primary key.
+"""Statements compiled to SQL once per process, then run again with new values.
 
-Django compiles a queryset's SQL every time it is evaluated. For the dispatcher's load (a task
-with two ``select_related`` tables, by primary key) the compilation costs more than the query
-itself, and it runs for every task run. :class:`PreparedGet` compiles the queryset once per
-database alias and vendor, then executes the same SQL with the new key and builds the model
-instances the way Django's own ``ModelIterable`` does (converters, ``from_db``, related
-populators), so what comes back is what ``queryset.filter(pk=...).first()`` would give.
+Django compiles a statement's SQL every time it runs. For the dispatcher's load (a task with
+two ``select_related`` tables, by primary key) and for the insert of its history row (29
+columns) the compilation costs more than the server takes to run the statement on a kept
+connection, and both run for every task run. Each class here compiles once per database alias
+and vendor, then executes the same SQL with the new values and does what Django would have done
+with the result:
+
+* :class:`PreparedGet`: builds the model instances the way Django's own ``ModelIterable``
+  does (converters, ``from_db``, related populators), so what comes back is what
+  ``queryset.filter(pk=...).first()`` would give.
+* :class:`PreparedInsert`: saves a new instance the way ``Model.save()`` does (each field's
+  ``pre_save`` and database preparation, ``pre_save``/``post_save`` signals, the returned
+  key), so what comes back is what ``Model.objects.create(...)`` would give.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
-from django.db import connections
-from django.db.models import Model, QuerySet
+from django.db import connections, router, transaction
+from django.db.models import Field, Model, QuerySet
 from django.db.models.query import get_related_populators
-from django.db.models.sql.compiler import SQLCompiler
+from django.db.models.signals import post_save, pre_save
+from django.db.models.sql.compiler import SQLCompiler, SQLInsertCompiler
+from django.db.models.sql.subqueries import InsertQuery
 
 _M = TypeVar("_M", bound=Model)
 # A key no table holds, so the compiled query can be told apart from its parameters.
@@ -98,6 +107,105 @@ class PreparedGet(Generic[_M]):
                 fields_start=start,
                 fields_end=end,
                 populators=get_related_populators(klass_info, compiler.select, using),
+            )
+            self._compiled[cache_key] = compiled
+            return compiled
+
+
+@dataclass
+class _CompiledInsert:
+    sql: str
+    fields: list[Field[Any, Any]]
+    compiler: SQLInsertCompiler
+    returning_fields: list[Field[Any, Any]]
+    converters: dict[int, Any]
+
+
+class PreparedInsert(Generic[_M]):
+    """``model.objects.create(**values)``, without compiling the INSERT each time.
+
+    For a model without parents (multi-table inheritance) whose fields all take a plain ``%s``
+    placeholder. Values that are expressions, and databases that cannot return the new key
+    from the INSERT itself (MySQL), go through ``create()`` as they are.
+    """
+
+    def __init__(self, model: type[_M]) -> None:
+        meta = model._meta
+        if meta.parents or meta.order_with_respect_to:
+            raise ValueError(f"{meta.label} has parents or an order: save it with create()")
+        self._model = model
+        self._compiled: dict[tuple[str, str], _CompiledInsert] = {}
+        self._lock = threading.Lock()
+
+    def create(self, using: str | None = None, **values: Any) -> _M:
+        using = using or router.db_for_write(self._model)
+        connection = connections[using]
+        if not connection.features.can_return_columns_from_insert or any(
+            hasattr(value, "resolve_expression") for value in values.values()
+        ):
+            return self._model._default_manager.db_manager(using).create(**values)
+        obj = self._model(**values)
+        compiled = self._compile(using, obj)
+        compiler = compiled.compiler
+        pre_save.send(sender=self._model, instance=obj, raw=False, using=using, update_fields=None)
+        params = [
+            compiler.prepare_value(field, compiler.pre_save_val(field, obj))
+            for field in compiled.fields
+        ]
+        # As save() does: a failed INSERT inside a transaction marks it for rollback.
+        with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
+            cursor.execute(compiled.sql, params)
+            # Every backend that can return columns from an INSERT defines it (not in the stubs).
+            returned = connection.ops.fetch_returned_insert_columns(  # type: ignore[attr-defined]
+                cursor, compiler.returning_params
+            )
+        rows = [returned]
+        if compiled.converters:
+            rows = list(compiler.apply_converters(rows, compiled.converters))
+        for value, field in zip(rows[0], compiled.returning_fields, strict=True):
+            setattr(obj, field.attname, value)
+        obj._state.adding = False
+        obj._state.db = using
+        post_save.send(
+            sender=self._model,
+            instance=obj,
+            created=True,
+            update_fields=None,
+            raw=False,
+            using=using,
+        )
+        return obj
+
+    def _compile(self, using: str, obj: _M) -> _CompiledInsert:
+        cache_key = (using, connections[using].vendor)
+        compiled = self._compiled.get(cache_key)
+        if compiled is not None:
+            return compiled
+        with self._lock:
+            meta = self._model._meta
+            fields = [
+                f
+                for f in meta.local_concrete_fields
+                if not f.generated and f is not meta.auto_field
+            ]
+            if any(hasattr(f, "get_placeholder") or f.has_db_default() for f in fields):
+                raise ValueError(f"{meta.label} has a field with a placeholder or a db_default")
+            returning_fields = list(meta.db_returning_fields)
+            query = InsertQuery(self._model)
+            query.insert_values(fields, [obj])
+            compiler = cast(SQLInsertCompiler, query.get_compiler(using=using))
+            compiler.returning_fields = returning_fields
+            [(sql, params)] = compiler.as_sql()
+            if len(params) != len(fields):
+                raise ValueError(f"{meta.label}'s INSERT takes a parameter per field")
+            compiled = _CompiledInsert(
+                sql=sql,
+                fields=fields,
+                compiler=compiler,
+                returning_fields=returning_fields,
+                converters=compiler.get_converters(
+                    [f.get_col(meta.db_table) for f in returning_fields]
+                ),
             )
             self._compiled[cache_key] = compiled
             return compiled

@@ -33,6 +33,7 @@ from django.db.models import (
     BigIntegerField,
     Case,
     Count,
+    Field,
     Func,
     IntegerField,
     Max,
@@ -44,7 +45,6 @@ from django.db.models import (
     When,
 )
 from django.db.models.functions import Coalesce, TruncHour
-from django.db.models.sql import UpdateQuery
 
 from orchestrator.models import (
     DURATION_BUCKETS,
@@ -137,26 +137,33 @@ def record(runs: TaskRun | Iterable[TaskRun], *, using: str | None = None) -> No
     _apply([delta_of(run) for run in rows if run.status in COUNTED_STATUSES], using=using)
 
 
-def update_and_record(queryset: QuerySet[TaskRun], values: dict[str, Any], run: TaskRun) -> int:
-    """UPDATE ``queryset`` (one run, with the condition it must still meet) with ``values``,
-    which give ``run`` its final status, and count ``run`` if it was written; return the rows
-    updated (0 or 1).
+def update_and_record(run: TaskRun, values: dict[str, Any], *, only_if_status: str) -> int:
+    """UPDATE ``run``'s row with ``values``, which give it its final status, if its status is
+    still ``only_if_status``, and count ``run`` if it was written; return the rows updated (0
+    or 1).
 
     On PostgreSQL this is one statement (the UPDATE in a ``WITH`` clause feeding the add), so a
-    successful attempt keeps its three statements and needs no transaction of its own.
-    Elsewhere it is the UPDATE and the add in one transaction.
+    successful attempt keeps its three statements and needs no transaction of its own; its text
+    is built once per set of columns (see :func:`_update_statement`). Elsewhere it is the
+    UPDATE and the add in one transaction.
     """
-    alias = queryset.db
+    alias = run._state.db or router.db_for_write(TaskRun, instance=run)
     connection = connections[alias]
-    if connection.vendor != "postgresql" or run.status not in COUNTED_STATUSES:
+    if (
+        connection.vendor != "postgresql"
+        or run.status not in COUNTED_STATUSES
+        or any(hasattr(value, "resolve_expression") for value in values.values())
+    ):
         with transaction.atomic(using=alias, savepoint=False):
-            written = queryset.update(**values)
+            written = (
+                TaskRun.objects.using(alias)
+                .filter(pk=run.pk, status=only_if_status)
+                .update(**values)
+            )
             if written:
                 record(run, using=alias)
             return written
-    update = cast(UpdateQuery, queryset.query.chain(UpdateQuery))
-    update.add_update_values(values)
-    update_sql, update_params = update.get_compiler(alias).as_sql()
+    update_sql, update_params = _update_sql(run.pk, only_if_status, values, alias)
     delta = delta_of(run)
     row = {
         "scheduled_task_id": delta.scheduled_task_id,
@@ -179,6 +186,49 @@ def update_and_record(queryset: QuerySet[TaskRun], values: dict[str, Any], run: 
         cursor.execute(sql, [*update_params, *upsert_params])
         # One rollup row inserted or updated per run row written.
         return max(int(cursor.rowcount), 0)
+
+
+def _update_sql(
+    run_id: int, only_if_status: str, values: dict[str, Any], using: str
+) -> tuple[str, list[Any]]:
+    """``TaskRun.objects.filter(pk=run_id, status=only_if_status).update(**values)``'s SQL.
+
+    As ``QuerySet.update()`` writes it: each value prepared by its field, ``None`` as a literal
+    ``NULL`` (a parameter would be JSON ``null`` in a JSON column).
+    """
+    connection = connections[using]
+    sql, fields = _update_statement(
+        tuple(values),
+        tuple(value is None for value in values.values()),
+        connection.alias,
+        connection.vendor,
+    )
+    params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+    params.extend([run_id, only_if_status])
+    return sql, params
+
+
+@functools.lru_cache(maxsize=64)
+def _update_statement(
+    names: tuple[str, ...], nulls: tuple[bool, ...], alias: str, vendor: str
+) -> tuple[str, tuple[Field[Any, Any], ...]]:
+    """The SQL of :func:`_update_sql` for these columns, and the fields of its parameters."""
+    quote = connections[alias].ops.quote_name
+    meta = TaskRun._meta
+    fields = [cast("Field[Any, Any]", meta.get_field(name)) for name in names]
+
+    def column(field: Field[Any, Any]) -> str:
+        return f"{table}.{quote(cast(str, field.column))}"
+
+    table = quote(meta.db_table)
+    sets = [
+        f"{quote(cast(str, field.column))} = {'NULL' if null else '%s'}"
+        for field, null in zip(fields, nulls, strict=True)
+    ]
+    status = cast("Field[Any, Any]", meta.get_field("status"))
+    where = f"{column(meta.pk)} = %s AND {column(status)} = %s"
+    sql = f"UPDATE {table} SET {', '.join(sets)} WHERE ({where})"
+    return sql, tuple(field for field, null in zip(fields, nulls, strict=True) if not null)
 
 
 def move(run: TaskRun, old_status: str, *, using: str | None = None) -> None:

@@ -20,6 +20,7 @@ from freezegun import freeze_time
 from orchestrator import dispatcher, reconnect, rollups, signals
 from orchestrator.dispatcher import Action, Attempt, DatabaseUnavailable, run_task
 from orchestrator.models import ScheduledTask, TaskDefinition, TaskRun, TaskState
+from orchestrator.prepared import PreparedInsert
 from tests.utils import make_run, make_scheduled_task
 
 pytestmark = pytest.mark.django_db
@@ -666,10 +667,10 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 def failing_saves(monkeypatch: pytest.MonkeyPatch, fail: Any) -> list[int]:
     """Make the run's writes raise OperationalError on the calls for which ``fail(n)`` is true.
 
-    Call 1 is the ``running`` insert (``create()``, a save), call 2 the outcome's update (a
-    conditional ``UPDATE`` of the running row).
+    Call 1 is the ``running`` insert (the dispatcher's prepared ``create()``), call 2 the
+    outcome's update (a conditional ``UPDATE`` of the running row).
     """
-    real_save = TaskRun.save
+    real_create = PreparedInsert.create
     queryset_class = type(TaskRun.objects.all())
     real_update = queryset_class.update
     calls: list[int] = []
@@ -679,9 +680,9 @@ def failing_saves(monkeypatch: pytest.MonkeyPatch, fail: Any) -> list[int]:
         if fail(len(calls)):
             raise OperationalError("terminating connection due to administrator command")
 
-    def save(self: TaskRun, *args: Any, **kwargs: Any) -> None:
+    def create(self: PreparedInsert[Any], *args: Any, **kwargs: Any) -> Any:
         count_and_maybe_fail()
-        real_save(self, *args, **kwargs)
+        return real_create(self, *args, **kwargs)
 
     inside: list[bool] = []
 
@@ -693,15 +694,15 @@ def failing_saves(monkeypatch: pytest.MonkeyPatch, fail: Any) -> list[int]:
     # The outcome's update goes through the aggregates' writer (one statement on PostgreSQL).
     real_update_and_record = rollups.update_and_record
 
-    def update_and_record(queryset: Any, values: dict[str, Any], run: TaskRun) -> int:
+    def update_and_record(run: TaskRun, values: dict[str, Any], *, only_if_status: str) -> int:
         count_and_maybe_fail()
         inside.append(True)
         try:
-            return real_update_and_record(queryset, values, run)
+            return real_update_and_record(run, values, only_if_status=only_if_status)
         finally:
             inside.pop()
 
-    monkeypatch.setattr(TaskRun, "save", save)
+    monkeypatch.setattr(PreparedInsert, "create", create)
     monkeypatch.setattr(queryset_class, "update", update)
     monkeypatch.setattr(rollups, "update_and_record", update_and_record)
     return calls
@@ -745,16 +746,17 @@ def test_an_insert_the_server_committed_before_the_connection_dropped_is_not_mad
     task = make_scheduled_task(
         "record", "tests.sample_tasks.record", kwargs={"log_file": str(log), "label": "ran"}
     )
-    real_save = TaskRun.save
+    real_create = PreparedInsert.create
     calls: list[int] = []
 
-    def save(self: TaskRun, *args: Any, **kwargs: Any) -> None:
-        real_save(self, *args, **kwargs)
+    def create(self: PreparedInsert[Any], *args: Any, **kwargs: Any) -> Any:
+        run = real_create(self, *args, **kwargs)
         calls.append(1)
         if len(calls) == 1:  # written, but the answer never came back
             raise OperationalError("server closed the connection unexpectedly")
+        return run
 
-    monkeypatch.setattr(TaskRun, "save", save)
+    monkeypatch.setattr(PreparedInsert, "create", create)
     tick = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
     outcome = run_task(Attempt(task.pk, celery_task_id="c1", scheduled_for=tick))

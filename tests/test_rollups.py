@@ -349,3 +349,59 @@ def test_the_aggregates_stay_exact_after_pruning() -> None:
     for (task_id, status), count in totals_before.items():
         left = grouped_counts().get((task_id, status), 0)
         assert left + retired.get((task_id, status), 0) == count
+
+
+# --- the outcome's write --------------------------------------------------------------------
+
+
+def ended(run: TaskRun, result: Any) -> dict[str, Any]:
+    """What the dispatcher writes when ``run`` (running) succeeds with ``result``."""
+    run.status = TaskRun.Status.SUCCEEDED
+    run.finished_at = run.started_at + dt.timedelta(seconds=2)
+    run.duration = dt.timedelta(seconds=2)
+    run.result = result
+    return {name: getattr(run, name) for name in ("status", "finished_at", "duration", "result")}
+
+
+@pytest.mark.parametrize("result", [None, {"rows": 3, "ok": True}, [1, "two"], 0])
+def test_the_outcome_is_written_as_queryset_update_writes_it(result: Any) -> None:
+    task = make_scheduled_task("ends")
+    run = make_run(task, status=TaskRun.Status.RUNNING, started_at=timezone.now())
+    twin = make_run(task, status=TaskRun.Status.RUNNING, started_at=run.started_at)
+    values = ended(run, result)
+
+    assert rollups.update_and_record(run, values, only_if_status=TaskRun.Status.RUNNING) == 1
+    TaskRun.objects.filter(pk=twin.pk).update(**values)
+
+    fields = ("status", "finished_at", "duration", "result")
+    written = TaskRun.objects.values(*fields).get(pk=run.pk)
+    assert written == TaskRun.objects.values(*fields).get(pk=twin.pk)
+    assert written["result"] == result
+    # None is SQL NULL, as QuerySet.update() writes it, not JSON null.
+    assert TaskRun.objects.filter(pk=run.pk, result__isnull=True).exists() is (result is None)
+    # Counted once: the twin, written by update() alone, is not.
+    assert TaskRunRollup.objects.get(status=TaskRun.Status.SUCCEEDED).runs == 1
+
+
+def test_an_outcome_is_not_written_or_counted_once_the_run_left_its_status() -> None:
+    task = make_scheduled_task("cancelled")
+    run = make_run(task, status=TaskRun.Status.RUNNING, started_at=timezone.now())
+    TaskRun.objects.filter(pk=run.pk).update(status=TaskRun.Status.CANCELLED)
+    values = ended(run, None)
+
+    assert rollups.update_and_record(run, values, only_if_status=TaskRun.Status.RUNNING) == 0
+    assert TaskRun.objects.get(pk=run.pk).status == TaskRun.Status.CANCELLED
+    assert TaskRunRollup.objects.filter(status=TaskRun.Status.SUCCEEDED).exists() is False
+
+
+def test_the_outcomes_statement_is_built_once_per_set_of_columns() -> None:
+    task = make_scheduled_task("shapes")
+    rollups._update_statement.cache_clear()
+    for result in (None, {"a": 1}, None, {"b": 2}):
+        run = make_run(task, status=TaskRun.Status.RUNNING, started_at=timezone.now())
+        rollups.update_and_record(run, ended(run, result), only_if_status=TaskRun.Status.RUNNING)
+    if connection.vendor == "postgresql":
+        # A NULL result and a JSON one are two statements; each is built once.
+        assert rollups._update_statement.cache_info().misses == 2
+        assert rollups._update_statement.cache_info().hits == 2
+    assert TaskRun.objects.filter(status=TaskRun.Status.SUCCEEDED).count() == 4
