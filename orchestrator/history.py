@@ -126,7 +126,9 @@ def _text(value: Any) -> str:
 
 def entries_for(instance: Model) -> QuerySet[LogEntry]:
     """The history of ``instance``, newest first."""
-    return LogEntry.objects.get_for_object(instance).select_related("actor").order_by("-timestamp")
+    return (
+        LogEntry.objects.get_for_object(instance).select_related("actor").order_by("-timestamp")
+    )
 
 
 def describe(entry: LogEntry) -> dict[str, Any]:

@@ -145,6 +145,9 @@ class PreparedInsert(Generic[_M]):
         ):
             return self._model._default_manager.db_manager(using).create(**values)
         obj = self._model(**values)
+        # save()'s (and bulk_create()'s) own check: an unsaved related object is refused, a
+        # saved one gives its key. Private to Django, so not in the type stubs.
+        obj._prepare_related_fields_for_save(operation_name="save")  # type: ignore[attr-defined]
         compiled = self._compile(using, obj)
         compiler = compiled.compiler
         pre_save.send(sender=self._model, instance=obj, raw=False, using=using, update_fields=None)

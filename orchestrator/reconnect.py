@@ -46,7 +46,9 @@ def with_reconnect(write: Callable[[], _T], *, what: str) -> _T:
         try:
             return write()
         except CONNECTION_ERRORS as err:
-            logger.error("Database error while %s (try %s of %s): %s", what, attempt, ATTEMPTS, err)
+            logger.error(
+                "Database error while %s (try %s of %s): %s", what, attempt, ATTEMPTS, err
+            )
             # Django opens a new connection on the next query once this one is closed; closing
             # a dead connection may itself fail, and changes nothing then.
             with contextlib.suppress(DatabaseError):

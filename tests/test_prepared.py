@@ -145,3 +145,11 @@ def test_a_failed_insert_raises_djangos_error_and_marks_the_transaction() -> Non
         with pytest.raises(TransactionManagementError):
             TaskRun.objects.count()
     assert TaskRun.objects.filter(tick_key="t1").count() == 1
+
+
+def test_an_unsaved_related_object_is_refused_as_save_refuses_it() -> None:
+    task = make_scheduled_task("f")
+    unsaved = ScheduledTask(name="unsaved", task_definition=task.task_definition)
+    with pytest.raises(ValueError, match="unsaved related object"):
+        INSERT_RUN.create(**run_values(unsaved))
+    assert not TaskRun.objects.exists()

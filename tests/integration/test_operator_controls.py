@@ -143,7 +143,6 @@ def test_the_circuit_breaker_pauses_the_task_with_one_alert_and_a_system_history
         timeout=30,
     )
     assert len(paused_alerts) == 1
-
     def paused_mails() -> list[str]:
         subjects = [str(m.message["Subject"]) for m in smtp_server.messages]
         return [s for s in subjects if s.startswith("[orchestrator] PAUSED: breaker")]

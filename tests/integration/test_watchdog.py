@@ -101,7 +101,9 @@ def test_beat_down_three_minutes_then_missed_runs_alerts_503_and_catch_up_on_res
         lambda: list(NotificationDelivery.objects.filter(status="sent")) or None, timeout=30
     )
     deliveries = list(NotificationDelivery.objects.filter(status__in=["sent", "suppressed"]))
-    missed = Counter((d.channel_id, d.scheduled_task_id) for d in deliveries if d.event == "missed")
+    missed = Counter(
+        (d.channel_id, d.scheduled_task_id) for d in deliveries if d.event == "missed"
+    )
     assert missed == {(c.pk, t.pk): 1 for c in (mail, also) for t in tasks.values()}
     scheduler = Counter(d.channel_id for d in deliveries if d.event == "scheduler")
     assert scheduler == {mail.pk: 2, also.pk: 2}  # stopped, then back
