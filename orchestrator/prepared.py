@@ -125,8 +125,9 @@ class PreparedInsert(Generic[_M]):
     """``model.objects.create(**values)``, without compiling the INSERT each time.
 
     For a model without parents (multi-table inheritance) whose fields all take a plain ``%s``
-    placeholder. Values that are expressions, and databases that cannot return the new key
-    from the INSERT itself (MySQL), go through ``create()`` as they are.
+    placeholder. Values that are expressions, a primary key given by the caller, and databases
+    that cannot return the new key from the INSERT itself (MySQL), go through ``create()``'s
+    own path.
     """
 
     def __init__(self, model: type[_M]) -> None:
@@ -145,6 +146,10 @@ class PreparedInsert(Generic[_M]):
         ):
             return self._model._default_manager.db_manager(using).create(**values)
         obj = self._model(**values)
+        if obj.pk is not None:
+            # A key given by the caller is a column the compiled INSERT leaves out.
+            obj.save(force_insert=True, using=using)
+            return obj
         # save()'s (and bulk_create()'s) own check: an unsaved related object is refused, a
         # saved one gives its key. Private to Django, so not in the type stubs.
         obj._prepare_related_fields_for_save(operation_name="save")  # type: ignore[attr-defined]

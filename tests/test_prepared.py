@@ -153,3 +153,9 @@ def test_an_unsaved_related_object_is_refused_as_save_refuses_it() -> None:
     with pytest.raises(ValueError, match="unsaved related object"):
         INSERT_RUN.create(**run_values(unsaved))
     assert not TaskRun.objects.exists()
+
+
+def test_a_key_given_by_the_caller_is_written() -> None:
+    task = make_scheduled_task("g")
+    run = INSERT_RUN.create(**run_values(task, id=4242))
+    assert run.pk == 4242 and TaskRun.objects.filter(pk=4242).exists()
