@@ -163,11 +163,7 @@ class PreparedInsert(Generic[_M]):
         # As save() does: a failed INSERT inside a transaction marks it for rollback.
         with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
             cursor.execute(compiled.sql, params)
-            # Every backend that can return columns from an INSERT defines it (not in the stubs).
-            returned = connection.ops.fetch_returned_insert_columns(  # type: ignore[attr-defined]
-                cursor, compiler.returning_params
-            )
-        rows = [returned]
+            rows = _fetch_returned_row(connection.ops, cursor, compiler.returning_params)
         if compiled.converters:
             rows = list(compiler.apply_converters(rows, compiled.converters))
         for value, field in zip(rows[0], compiled.returning_fields, strict=True):
@@ -217,3 +213,11 @@ class PreparedInsert(Generic[_M]):
             )
             self._compiled[cache_key] = compiled
             return compiled
+
+
+def _fetch_returned_row(ops: Any, cursor: Any, returning_params: Any) -> list[Any]:
+    """The row an INSERT ... RETURNING gave, as Django's own insert reads it: Django 6.0 has
+    ``fetch_returned_rows()``, 5.2 ``fetch_returned_insert_columns()`` (one row)."""
+    if hasattr(ops, "fetch_returned_rows"):
+        return list(ops.fetch_returned_rows(cursor, returning_params))
+    return [ops.fetch_returned_insert_columns(cursor, returning_params)]
