@@ -7,7 +7,7 @@ the Redis lists of the bench's queue. The bench process reads the lists' lengths
 (``LLEN``, O(1)), so it knows when each message arrived without touching the messages: the lag of
 the k-th message is the time its list reached length k minus the tick. Both schedulers get the
 same rows and the same minute boundary rules; each run is measured on the first minute boundary
-after its beat started, at least 10 s after its start-up ended.
+after its rows were reset and its beat started, at least 10 s after its start-up ended.
 
 Also measured in the same run: the SQL statements of an idle wake-up (no change, nothing due) at
 each N, in-process; the takeover time of a killed leader (two beats, SIGKILL the one holding the
@@ -130,39 +130,48 @@ def _next_tick(after: dt.datetime) -> dt.datetime:
 def measure_lag(scheduler: str, n: int, db_name: str, folder: Path) -> LagRun:
     """The lag of each of the ``n`` messages of one tick, sent by a beat started for it.
 
-    The tick is the first minute boundary after the beat started: the schedules are due every
-    minute, so a boundary between the start and the measured tick would have the beat send then.
-    The beat starts early in a minute, and its start-up (the startup beat_sync,
-    DatabaseScheduler's first read) must end ``STARTUP_MARGIN`` before the tick; a start-up
-    that ends later is stopped and started again on the next minute.
+    The tick is the first minute boundary after the rows were reset and the beat started: the
+    schedules are due every minute, so a boundary between the reset and the measured tick would
+    have the beat send then. The beat starts early in a minute, and its start-up (the startup
+    beat_sync, DatabaseScheduler's first read) must end ``STARTUP_MARGIN`` before the tick; a
+    start-up that ends later, or a beat that sends before the tick, is stopped and started
+    again on the next minute (and printed).
     """
     for _ in range(STARTS):
         result = _measure_lag_once(scheduler, n, db_name, folder)
         if result is not None:
             return result
-    raise RuntimeError(f"{LABELS[scheduler]} took too long to start {STARTS} times out of {STARTS}")
+    raise RuntimeError(
+        f"{LABELS[scheduler]} took too long to start or sent before the tick, {STARTS} times"
+    )
 
 
 def _measure_lag_once(scheduler: str, n: int, db_name: str, folder: Path) -> LagRun | None:
     from django.utils import timezone
 
     if timezone.now().second >= LATEST_START_SECOND:
-        time.sleep(61 - timezone.now().second)
+        time.sleep(62 - timezone.now().second)
+    # The tick is the first boundary after the rows were reset: DatabaseScheduler counts a row
+    # that never ran from the time it changed, so a boundary between the reset and the tick
+    # (not only between the beat's start and the tick) would have it send there.
+    tick = _next_tick(timezone.now())
     _reset_run_state()
     purge_queues([QUEUE, *[f"{QUEUE}:{step}" for step in range(1, 10)]])
     client = _redis()
-    started = timezone.now()
     beat = _beat(scheduler, db_name, f"lag-{n}", folder)
     try:
         beat.wait_for_log("beat: Starting", timeout=120)
         if scheduler == OURS:
             beat.wait_for_log("took the lease", timeout=120)
-        tick = _next_tick(started)
         if timezone.now() + STARTUP_MARGIN > tick:
             return None
         time.sleep(max(0.0, (tick - timezone.now()).total_seconds() - 1))
         if _queue_length(client):
-            raise RuntimeError(f"{LABELS[scheduler]} sent before the tick: see {beat.log_path}")
+            # Not a measurement of this tick; once in a CI run DatabaseScheduler sent its rows
+            # at start-up although they were reset within the minute. Started again, up to
+            # STARTS times, then it is an error.
+            print(f"{LABELS[scheduler]} sent before the tick, started again: see {beat.log_path}")
+            return None
         arrivals: list[tuple[float, int]] = []
         end = tick.timestamp() + WINDOW
         count = 0
