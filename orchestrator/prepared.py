@@ -141,14 +141,14 @@ class PreparedInsert(Generic[_M]):
     def create(self, using: str | None = None, **values: Any) -> _M:
         using = using or router.db_for_write(self._model)
         connection = connections[using]
-        if not connection.features.can_return_columns_from_insert or any(
-            hasattr(value, "resolve_expression") for value in values.values()
-        ):
-            return self._model._default_manager.db_manager(using).create(**values)
         obj = self._model(**values)
-        if obj.pk is not None:
+        if (
+            not connection.features.can_return_columns_from_insert
             # A key given by the caller is a column the compiled INSERT leaves out.
-            obj.save(force_insert=True, using=using)
+            or obj.pk is not None
+            or any(hasattr(value, "resolve_expression") for value in values.values())
+        ):
+            obj.save(force_insert=True, using=using)  # what create() does
             return obj
         # save()'s (and bulk_create()'s) own check: an unsaved related object is refused, a
         # saved one gives its key. Private to Django, so not in the type stubs.
@@ -163,7 +163,7 @@ class PreparedInsert(Generic[_M]):
         # As save() does: a failed INSERT inside a transaction marks it for rollback.
         with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
             cursor.execute(compiled.sql, params)
-            rows = _fetch_returned_row(connection.ops, cursor, compiler.returning_params)
+            rows = _fetch_returned_rows(connection.ops, cursor, compiler.returning_params)
         if compiled.converters:
             rows = list(compiler.apply_converters(rows, compiled.converters))
         for value, field in zip(rows[0], compiled.returning_fields, strict=True):
@@ -215,9 +215,9 @@ class PreparedInsert(Generic[_M]):
             return compiled
 
 
-def _fetch_returned_row(ops: Any, cursor: Any, returning_params: Any) -> list[Any]:
-    """The row an INSERT ... RETURNING gave, as Django's own insert reads it: Django 6.0 has
-    ``fetch_returned_rows()``, 5.2 ``fetch_returned_insert_columns()`` (one row)."""
+def _fetch_returned_rows(ops: Any, cursor: Any, returning_params: Any) -> list[Any]:
+    """The rows (one) an INSERT ... RETURNING gave, as Django's own insert reads them: Django
+    6.0 has ``fetch_returned_rows()``, 5.2 ``fetch_returned_insert_columns()`` (one row)."""
     if hasattr(ops, "fetch_returned_rows"):
         return list(ops.fetch_returned_rows(cursor, returning_params))
     return [ops.fetch_returned_insert_columns(cursor, returning_params)]

@@ -215,18 +215,17 @@ def _update_statement(
     """The SQL of :func:`_update_sql` for these columns, and the fields of its parameters."""
     quote = connections[alias].ops.quote_name
     meta = TaskRun._meta
+    table = quote(meta.db_table)
     fields = [cast("Field[Any, Any]", meta.get_field(name)) for name in names]
 
-    def column(field: Field[Any, Any]) -> str:
-        return f"{table}.{quote(cast(str, field.column))}"
+    def column(field: Any) -> str:
+        return quote(cast(str, field.column))
 
-    table = quote(meta.db_table)
     sets = [
-        f"{quote(cast(str, field.column))} = {'NULL' if null else '%s'}"
+        f"{column(field)} = {'NULL' if null else '%s'}"
         for field, null in zip(fields, nulls, strict=True)
     ]
-    status = cast("Field[Any, Any]", meta.get_field("status"))
-    where = f"{column(meta.pk)} = %s AND {column(status)} = %s"
+    where = f"{table}.{column(meta.pk)} = %s AND {table}.{column(meta.get_field('status'))} = %s"
     sql = f"UPDATE {table} SET {', '.join(sets)} WHERE ({where})"
     return sql, tuple(field for field, null in zip(fields, nulls, strict=True) if not null)
 

@@ -92,9 +92,7 @@ def test_the_row_written_is_the_one_create_writes(django_assert_num_queries: Any
     assert TaskRun.objects.filter(pk=run.pk, result__isnull=True).exists()
 
 
-def test_the_insert_is_compiled_once_and_run_again_with_new_values(
-    django_assert_num_queries: Any,
-) -> None:
+def test_the_insert_is_compiled_once_and_run_again_with_new_values() -> None:
     task = make_scheduled_task("b")
     prepared = PreparedInsert(TaskRun)
     with CaptureQueriesContext(connection) as queries:
